@@ -1,0 +1,5 @@
+import sys
+
+from carbonwatch.cli import main
+
+sys.exit(main())

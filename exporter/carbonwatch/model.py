@@ -1,0 +1,124 @@
+"""Plain data passed between the exporter's parts: sources -> sampler -> attribution -> collector.
+
+Every energy figure carries the `source` it came from, so nothing published hides whether it was
+measured by a hardware counter or estimated by a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where a number came from (the `source` label).
+SOURCE_NVML_COUNTER = "nvml_counter"  # GPU total-energy counter (Volta and newer)
+SOURCE_NVML_POWER = "nvml_power"  # GPU power sampled by the exporter and integrated
+SOURCE_RAPL = "rapl"  # Intel/AMD RAPL energy counters through powercap sysfs
+SOURCE_MODEL = "model"  # a model estimate (TDP x utilisation, W/GB)
+
+COMPONENTS = ("gpu", "cpu", "memory")
+
+
+class SourceError(Exception):
+    """A source could not be read. The sampler marks its collector failed and carries on."""
+
+
+@dataclass(frozen=True)
+class GpuProcessUse:
+    """One process on one GPU, as NVML reports it."""
+
+    pid: int
+    sm_util: float | None = None  # percent of SM time over the last sample window, 0..100
+    mem_util: float | None = None  # percent of memory-controller time, 0..100
+    used_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    uuid: str
+    name: str
+    power_watts: float | None  # averaged power where the driver offers it, else instant
+    energy_joules: float | None  # hardware counter in joules (since driver load), None without one
+    utilization_ratio: float | None  # 0..1
+    processes: tuple[GpuProcessUse, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """A CPU package or the memory: a cumulative energy in joules (wrap-corrected, monotonic for the
+    reader's lifetime) where a counter exists, else an instantaneous modelled power."""
+
+    key: str  # package id ("0", "1", ...) for CPU, "" for memory
+    source: str
+    energy_joules: float | None = None
+    power_watts: float | None = None
+
+
+@dataclass(frozen=True)
+class ProcessReading:
+    pid: int
+    ppid: int
+    comm: str
+    cpu_seconds: float  # utime + stime, cumulative
+    rss_bytes: int
+    start_time: float  # process start, seconds since boot (ticks / CLK_TCK): pid + start is an identity
+    run_id: str | None  # from CARBONWATCH_RUN_ID in its environment, or None (unknown / unreadable)
+
+
+@dataclass
+class CpuTimes:
+    """System-wide CPU time from /proc/stat, seconds, cumulative."""
+
+    total: float
+    busy: float
+    ncpu: int
+
+
+@dataclass
+class DeviceState:
+    """A device (one GPU, one CPU package, the memory) in one snapshot."""
+
+    component: str
+    key: str
+    source: str
+    power_watts: float
+    energy_joules: float  # exporter-maintained counter
+
+
+@dataclass
+class ProcessState:
+    pid: int
+    comm: str
+    run_id: str
+    power_watts: dict[str, float] = field(default_factory=dict)  # component -> W
+    energy_joules: dict[str, float] = field(default_factory=dict)  # component -> J, since first seen
+
+
+@dataclass
+class RunState:
+    run_id: str
+    power_watts: dict[str, float] = field(default_factory=dict)
+    energy_joules: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # component -> source of its energy
+    last_seen: float = 0.0  # monotonic time its last process was seen
+    live_processes: int = 0
+
+
+@dataclass
+class CollectorStatus:
+    success: bool
+    duration_seconds: float
+    error: str = ""
+
+
+@dataclass
+class Snapshot:
+    """Everything `/metrics` serves, built once per sample."""
+
+    timestamp: float  # wall clock, seconds
+    gpus: list[GpuReading] = field(default_factory=list)
+    devices: list[DeviceState] = field(default_factory=list)
+    processes: list[ProcessState] = field(default_factory=list)  # already bounded (runs + top N + other)
+    runs: list[RunState] = field(default_factory=list)
+    unattributed_power_watts: dict[str, float] = field(default_factory=dict)
+    unattributed_energy_joules: dict[str, float] = field(default_factory=dict)
+    collectors: dict[str, CollectorStatus] = field(default_factory=dict)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# All set-up on a fresh Debian machine: the Prometheus stack's binaries from Debian and a virtualenv
+# with carbonwatch installed. Safe to run again; does only what is missing.
+#   scripts/setup.sh          runtime (demo)
+#   scripts/setup.sh test     also test tools and the CPU build of PyTorch for the training tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-runtime}
+
+need=()
+for bin in prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool; do
+  command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
+done
+pkgs=()
+if [ ${#need[@]} -gt 0 ]; then pkgs+=(prometheus prometheus-pushgateway prometheus-alertmanager); fi
+if [ "$mode" = test ]; then
+  command -v prometheus-process-exporter >/dev/null 2>&1 || pkgs+=(prometheus-process-exporter)
+  command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing Debian packages: ${pkgs[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+if [ "$mode" = test ]; then
+  $py -m pip install -q --disable-pip-version-check -e '.[test]'
+  # CPU build of PyTorch for the end-to-end training tests (installed from local disk where offered).
+  $py -c 'import torch' 2>/dev/null || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
+    || echo "setup: torch==2.13.0 not installable here; training tests will be skipped"
+else
+  $py -m pip install -q --disable-pip-version-check -e .
+fi
+echo "setup: ready ($($py -c 'import carbonwatch; print("carbonwatch", carbonwatch.__version__)'))"
