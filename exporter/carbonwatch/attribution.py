@@ -1,0 +1,60 @@
+"""How a device's energy in one sample interval is split among processes. Pure functions, no I/O.
+
+Every split returns the parts and the unattributed rest, computed as `total - sum(parts)`, so that
+within one sample sum(process) + unattributed == device, per component, by construction.
+
+- CPU: a process gets `dE * its CPU seconds / all CPU seconds the machine had` (busy and idle, all
+  cores). A process using every core fully takes all of the package energy; idle time, kernel work and
+  processes that ended inside the interval stay unattributed.
+- GPU: each GPU's energy goes to the processes on it, by their share of SM utilisation; when no process
+  shows SM time (NVML has no sample, or the work is memory-bound) by share of GPU memory used; with no
+  process on the GPU it is unattributed. A run that holds a GPU therefore pays for its idle power.
+- Memory: a process gets `dE * its RSS / installed memory`; the rest is unattributed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+from carbonwatch.model import GpuProcessUse
+
+K = TypeVar("K", bound=Hashable)
+
+
+def split_by_capacity(total: float, weights: Mapping[K, float], capacity: float) -> tuple[dict[K, float], float]:
+    """Each key gets `total * weight / capacity`; if the weights add up to more than the capacity
+    (clock skew between reads), they are scaled down to fill it exactly."""
+    positive = {k: w for k, w in weights.items() if w > 0}
+    s = sum(positive.values())
+    if total == 0 or s <= 0 or capacity <= 0:
+        return {}, total
+    denom = max(capacity, s)
+    parts = {k: total * w / denom for k, w in positive.items()}
+    return parts, total - sum(parts.values())
+
+
+def split_by_share(total: float, weights: Mapping[K, float]) -> tuple[dict[K, float], float]:
+    """All of `total` split in proportion to the weights; unattributed only when no weight is positive."""
+    positive = {k: w for k, w in weights.items() if w > 0}
+    s = sum(positive.values())
+    if total == 0 or s <= 0:
+        return {}, total
+    parts = {k: total * w / s for k, w in positive.items()}
+    return parts, total - sum(parts.values())
+
+
+def gpu_weights(processes: tuple[GpuProcessUse, ...] | list[GpuProcessUse]) -> dict[int, float]:
+    """Per-pid weights for one GPU: SM utilisation, else memory used, else equal shares."""
+    if not processes:
+        return {}
+    sm: dict[int, float] = {}
+    mem: dict[int, float] = {}
+    for p in processes:
+        sm[p.pid] = sm.get(p.pid, 0.0) + max(p.sm_util or 0.0, 0.0)
+        mem[p.pid] = mem.get(p.pid, 0.0) + max(float(p.used_memory_bytes or 0), 0.0)
+    if sum(sm.values()) > 0:
+        return sm
+    if sum(mem.values()) > 0:
+        return mem
+    return {pid: 1.0 for pid in sm}

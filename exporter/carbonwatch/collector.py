@@ -1,0 +1,97 @@
+"""prometheus-client collector: fresh families from the sampler's latest snapshot on every scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from carbonwatch.metrics import BY_NAME
+from carbonwatch.model import Snapshot
+
+COMPONENTS = ("gpu", "cpu", "memory")
+
+
+def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    spec = BY_NAME[name]
+    if spec.type == "counter":
+        return CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+
+
+class SnapshotCollector(Collector):
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot | None],
+        node_labels: Callable[[], dict[str, str]],
+        sample_interval: float,
+        environ_unreadable: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self._snapshot = snapshot
+        self._node_labels = node_labels
+        self._interval = sample_interval
+        self._environ_unreadable = environ_unreadable
+
+    def describe(self) -> list[Metric]:
+        return []  # registering never touches the hardware
+
+    def collect(self) -> Iterator[Metric]:
+        f = {name: _family(name) for name in BY_NAME}
+        labels = self._node_labels()
+        f["carbonwatch_node_info"].add_metric([labels.get(k, "") for k in BY_NAME["carbonwatch_node_info"].labels], 1)
+        f["carbonwatch_sample_interval_seconds"].add_metric([], self._interval)
+        f["carbonwatch_process_environ_unreadable"].add_metric([], self._environ_unreadable())
+        snap = self._snapshot()
+        if snap is not None:
+            self._fill(f, snap)
+        for fam in f.values():
+            if fam.samples:
+                yield fam
+
+    @staticmethod
+    def _fill(f: dict[str, GaugeMetricFamily | CounterMetricFamily], snap: Snapshot) -> None:
+        f["carbonwatch_sample_timestamp_seconds"].add_metric([], snap.timestamp)
+        for g in snap.gpus:
+            gl = [str(g.index), g.uuid]
+            f["carbonwatch_gpu_info"].add_metric([str(g.index), g.uuid, g.name], 1)
+            if g.power_watts is not None:
+                f["carbonwatch_gpu_power_watts"].add_metric(gl, g.power_watts)
+            if g.utilization_ratio is not None:
+                f["carbonwatch_gpu_utilization_ratio"].add_metric(gl, g.utilization_ratio)
+        uuids = {str(g.index): g.uuid for g in snap.gpus}
+        for d in snap.devices:
+            if d.component == "gpu":
+                f["carbonwatch_gpu_energy_joules"].add_metric([d.key, uuids.get(d.key, ""), d.source], d.energy_joules)
+            elif d.component == "cpu":
+                f["carbonwatch_cpu_power_watts"].add_metric([d.key, d.source], d.power_watts)
+                f["carbonwatch_cpu_energy_joules"].add_metric([d.key, d.source], d.energy_joules)
+            elif d.component == "memory":
+                f["carbonwatch_memory_power_watts"].add_metric([d.source], d.power_watts)
+                f["carbonwatch_memory_energy_joules"].add_metric([d.source], d.energy_joules)
+        present = {d.component for d in snap.devices}
+        for p in snap.processes:
+            pid = "other" if p.pid < 0 else str(p.pid)
+            for comp in COMPONENTS:
+                if comp not in present:
+                    continue
+                lv = [pid, p.comm, p.run_id, comp]
+                f["carbonwatch_process_power_watts"].add_metric(lv, p.power_watts.get(comp, 0.0))
+                f["carbonwatch_process_energy_joules"].add_metric(lv, p.energy_joules.get(comp, 0.0))
+        for r in snap.runs:
+            for comp in COMPONENTS:
+                if comp not in r.energy_joules:
+                    continue
+                f["carbonwatch_run_power_watts"].add_metric([r.run_id, comp], r.power_watts.get(comp, 0.0))
+                f["carbonwatch_run_energy_joules"].add_metric([r.run_id, comp], r.energy_joules.get(comp, 0.0))
+        for comp in COMPONENTS:
+            if comp in present:
+                f["carbonwatch_unattributed_power_watts"].add_metric(
+                    [comp], snap.unattributed_power_watts.get(comp, 0.0)
+                )
+                f["carbonwatch_unattributed_energy_joules"].add_metric(
+                    [comp], snap.unattributed_energy_joules.get(comp, 0.0)
+                )
+        for name, st in sorted(snap.collectors.items()):
+            f["carbonwatch_collector_success"].add_metric([name], 1.0 if st.success else 0.0)
+            f["carbonwatch_collector_duration_seconds"].add_metric([name], st.duration_seconds)

@@ -1,0 +1,104 @@
+"""The one list of metric families the exporter serves. The collector builds families from it and
+docs/metrics.md is generated from it (`python -m carbonwatch.metrics > docs/metrics.md`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # without the `_total` suffix for counters (prometheus-client adds it)
+    type: str  # gauge | counter | info
+    labels: tuple[str, ...]
+    help: str
+    source: str  # where the number comes from, for the docs
+
+    @property
+    def exposed_name(self) -> str:
+        return self.name + "_total" if self.type == "counter" else self.name
+
+
+SOURCES = "`nvml_counter` (GPU energy counter), `nvml_power` (GPU power integrated by the exporter), `rapl`, `model`"
+
+SPECS: tuple[Spec, ...] = (
+    Spec("carbonwatch_node_info", "gauge",
+         ("zone", "cpu_model", "hostname", "gpus", "cpu_source", "memory_source", "version"),
+         "Node metadata, value 1: grid zone, CPU model and where CPU and memory numbers come from.",
+         "config (`zone`), /proc/cpuinfo, the sources in use"),
+    Spec("carbonwatch_gpu_info", "gauge", ("gpu", "uuid", "name"), "GPU metadata, value 1.", "NVML"),
+    Spec("carbonwatch_gpu_power_watts", "gauge", ("gpu", "uuid"),
+         "GPU power draw (NVML averaged power field, else instant power).", "NVML field values"),
+    Spec("carbonwatch_gpu_energy_joules", "counter", ("gpu", "uuid", "source"),
+         "GPU energy since the exporter started.",
+         "`nvml_counter`: total-energy counter (Volta+); `nvml_power`: sampled power integrated (trapezoid)"),
+    Spec("carbonwatch_gpu_utilization_ratio", "gauge", ("gpu", "uuid"),
+         "GPU utilisation (fraction of time a kernel ran), 0..1.", "NVML utilization rates"),
+    Spec("carbonwatch_cpu_power_watts", "gauge", ("package", "source"),
+         "CPU package power over the last sample interval (`package=\"all\"` for the model estimate).",
+         "`rapl` package zones, else `model` (TDP table x utilisation from /proc/stat)"),
+    Spec("carbonwatch_cpu_energy_joules", "counter", ("package", "source"),
+         "CPU package energy since the exporter started.", "`rapl` or `model`"),
+    Spec("carbonwatch_memory_power_watts", "gauge", ("source",),
+         "Memory (DRAM) power over the last sample interval.", "`rapl` dram zones, else `model` (W/GB installed)"),
+    Spec("carbonwatch_memory_energy_joules", "counter", ("source",),
+         "Memory (DRAM) energy since the exporter started.", "`rapl` or `model`"),
+    Spec("carbonwatch_process_power_watts", "gauge", ("pid", "comm", "run_id", "component"),
+         "Power attributed to a process over the last sample (`pid=\"other\"` folds processes outside runs "
+         "and the top N).", "attribution of the component's device energy (docs/attribution.md)"),
+    Spec("carbonwatch_process_energy_joules", "counter", ("pid", "comm", "run_id", "component"),
+         "Energy attributed to a process since the exporter first saw it.", "attribution"),
+    Spec("carbonwatch_run_power_watts", "gauge", ("run_id", "component"),
+         "Power of a training run on this node: the sum of its processes.", "attribution"),
+    Spec("carbonwatch_run_energy_joules", "counter", ("run_id", "component"),
+         "Energy of a training run on this node since its first process was seen; monotonic for the run's "
+         "life, removed `process.run_linger` after its last process ended.", "attribution"),
+    Spec("carbonwatch_unattributed_power_watts", "gauge", ("component",),
+         "Device power no process took in the last sample (idle, kernel, processes that ended).", "attribution"),
+    Spec("carbonwatch_unattributed_energy_joules", "counter", ("component",),
+         "Device energy no process took, since the exporter started.", "attribution"),
+    Spec("carbonwatch_collector_success", "gauge", ("collector",),
+         "1 if the collector's last read succeeded, else 0 (`rapl` appears only where a powercap tree exists).",
+         "the exporter"),
+    Spec("carbonwatch_collector_duration_seconds", "gauge", ("collector",),
+         "Time the collector's last read took.", "the exporter"),
+    Spec("carbonwatch_sample_timestamp_seconds", "gauge", (),
+         "Wall-clock time of the sample this scrape serves.", "the exporter"),
+    Spec("carbonwatch_sample_interval_seconds", "gauge", (),
+         "Configured sampling interval.", "config"),
+    Spec("carbonwatch_process_environ_unreadable", "gauge", (),
+         "Processes whose environment (CARBONWATCH_RUN_ID) the exporter may not read: without root, same "
+         "uid or CAP_SYS_PTRACE they join runs only through their parent or a registration.", "/proc"),
+)
+
+BY_NAME = {s.name: s for s in SPECS}
+
+
+def markdown() -> str:
+    lines = [
+        "# Metrics",
+        "",
+        "Generated from `exporter/carbonwatch/metrics.py` (`make docs`); do not edit by hand.",
+        "",
+        f"Every energy series says where it came from in `source`: {SOURCES}. `component` is `gpu`, `cpu` or "
+        "`memory`. Units are base units (watts, joules, seconds, ratios 0..1). No series carries a host label: "
+        "the scrape adds `instance`.",
+        "",
+        "| metric | type | labels | meaning | source |",
+        "|---|---|---|---|---|",
+    ]
+    for s in SPECS:
+        labels = ", ".join(f"`{label}`" for label in s.labels) or "-"
+        lines.append(f"| `{s.exposed_name}` | {s.type} | {labels} | {s.help} | {s.source} |")
+    lines += [
+        "",
+        "The intensity collector adds `carbonwatch_grid_carbon_intensity_grams_per_kwh{zone,source}` and "
+        "`carbonwatch_electricity_price_per_kwh{zone,currency}` (see [rules.md](rules.md)).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

@@ -1,0 +1,525 @@
+"""The sampling loop: read every source once per interval, attribute, accumulate, publish a snapshot.
+
+Data flows one way: sources -> deltas per device -> attribution -> counters -> `Snapshot`. The HTTP
+side only ever reads `Sampler.latest`, so scrape cost does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from carbonwatch import attribution
+from carbonwatch.config import ExporterConfig
+from carbonwatch.model import (
+    SOURCE_MODEL,
+    SOURCE_NVML_COUNTER,
+    SOURCE_NVML_POWER,
+    SOURCE_RAPL,
+    CollectorStatus,
+    CpuTimes,
+    DeviceState,
+    GpuReading,
+    ProcessReading,
+    ProcessState,
+    RunState,
+    Snapshot,
+    SourceError,
+)
+from carbonwatch.registration import Registration, RegistrationReader
+from carbonwatch.sources.procs import ProcScanner
+
+log = logging.getLogger("carbonwatch.sampler")
+
+ProcKey = tuple[int, float]  # (pid, start time): a process identity that survives pid reuse
+OTHER = "other"
+
+
+@dataclass
+class Sources:
+    """What the sampler reads. Any may be None (collector disabled or unavailable)."""
+
+    procs: ProcScanner | None = None
+    nvml: Any = None  # carbonwatch.sources.nvml.NvmlSource
+    rapl: Any = None  # carbonwatch.sources.rapl.RaplSource
+    rapl_expected: bool = False  # a powercap tree exists: failing to read it is a degradation
+    cpu_model: Any = None  # carbonwatch.sources.cpumodel.CpuPowerModel
+    memory_model: Any = None  # carbonwatch.sources.memory.MemoryPowerModel
+    registrations: Any = None  # RegistrationReader, or anything with read() -> list[Registration]
+
+
+def _import_nvml(dotted: str) -> ModuleType:
+    return importlib.import_module(dotted)
+
+
+def build_sources(cfg: ExporterConfig) -> Sources:
+    """Sources for a config. Never raises for a missing device: the sampler reports it per collector."""
+    from carbonwatch.sources.cpumodel import CpuPowerModel
+    from carbonwatch.sources.memory import MemoryPowerModel
+    from carbonwatch.sources.rapl import RaplSource
+
+    s = Sources()
+    on = cfg.collectors
+    if on.get("process", True) or on.get("cpu", True):
+        s.procs = ProcScanner(cfg.process.proc_root)
+    if on.get("process", True):
+        s.registrations = RegistrationReader(
+            cfg.process.spool_dir, cfg.process.proc_root, cfg.process.max_registrations
+        )
+    if on.get("gpu", True):
+        from carbonwatch.sources.nvml import NvmlSource
+
+        module: ModuleType | None = None
+        if cfg.gpu.nvml_module != "pynvml":
+            module = _import_nvml(cfg.gpu.nvml_module)
+        s.nvml = NvmlSource(module)
+    want_rapl = (on.get("cpu", True) and cfg.cpu.source != "model") or (
+        on.get("memory", True) and cfg.memory.source != "model"
+    )
+    if want_rapl:
+        s.rapl_expected = _has_rapl_zones(cfg.cpu.powercap_root) or "rapl" in (cfg.cpu.source, cfg.memory.source)
+        if s.rapl_expected:
+            s.rapl = RaplSource(cfg.cpu.powercap_root)
+    if on.get("cpu", True):
+        s.cpu_model = CpuPowerModel(
+            proc_root=cfg.process.proc_root,
+            tdp_watts=cfg.cpu.tdp_watts,
+            min_watts_per_cpu=cfg.cpu.min_watts_per_cpu,
+            max_watts_per_cpu=cfg.cpu.max_watts_per_cpu,
+        )
+    if on.get("memory", True):
+        s.memory_model = MemoryPowerModel(watts_per_gb=cfg.memory.watts_per_gb, proc_root=cfg.process.proc_root)
+    return s
+
+
+def _has_rapl_zones(root: str) -> bool:
+    try:
+        return any(n.startswith("intel-rapl:") for n in os.listdir(root))
+    except OSError:
+        return False
+
+
+@dataclass
+class _Proc:
+    """Per-process accumulator between samples."""
+
+    reading: ProcessReading
+    run_id: str
+    energy: dict[str, float] = field(default_factory=dict)
+    power: dict[str, float] = field(default_factory=dict)
+
+
+class Sampler:
+    def __init__(
+        self,
+        cfg: ExporterConfig,
+        sources: Sources,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        static_registrations: Iterable[Registration] = (),
+        only_runs: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.s = sources
+        self.clock = clock
+        self.wall = wall
+        self.static_registrations = list(static_registrations)
+        self.only_runs = only_runs  # local mode: expose only run processes (no top N)
+        self.latest: Snapshot | None = None
+        self._lock = threading.Lock()
+        self._t: float | None = None
+        self._cpu_times: CpuTimes | None = None
+        self._procs: dict[ProcKey, _Proc] = {}
+        self._gpu_prev: dict[str, tuple[float | None, float | None]] = {}  # uuid -> (raw counter J, power W)
+        self._rapl_prev: dict[str, float] = {}  # "cpu:<pkg>" / "memory" -> cumulative J from the reader
+        self._dev_energy: dict[tuple[str, str], float] = {}  # (component, key) -> exported counter, J
+        self._unattributed: dict[str, float] = {}
+        self._other: dict[str, float] = {}
+        self._runs: dict[str, RunState] = {}
+        self.mem_total = 0
+        self._components: set[str] = set()  # components this node has reported energy for
+        self.cpu_source = ""
+        self.memory_source = ""
+
+    # -- one sample -------------------------------------------------------------------------------
+
+    def sample_once(self) -> Snapshot | None:
+        t = self.clock()
+        dt = None if self._t is None else t - self._t
+        if dt is not None and dt <= 0:
+            return self.latest
+        status: dict[str, CollectorStatus] = {}
+        energy: dict[str, dict[object, float]] = {"gpu": {}, "cpu": {}, "memory": {}}
+        unatt: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "memory": 0.0}
+        devices: list[DeviceState] = []
+
+        procs, cpu_times = self._read_procs(status)
+        rapl = self._read_rapl(status)
+        gpus = self._read_gpus(status)
+
+        pid_index = {k[0]: k for k in procs}
+        # --- GPU ----------------------------------------------------------------------------------
+        for g in gpus:
+            de, src = self._gpu_delta(g, dt)
+            devices.append(self._device("gpu", str(g.index), src, de, dt, g.power_watts))
+            if de is None:
+                continue
+            weights = {
+                pid_index.get(pid, (pid, -1.0)): w for pid, w in attribution.gpu_weights(g.processes).items()
+            }
+            parts, rest = attribution.split_by_share(de, weights)
+            self._add(energy["gpu"], parts)
+            unatt["gpu"] += rest
+            for key in parts:
+                if key not in procs:  # on the GPU but not visible in our /proc (another pid namespace)
+                    procs[key] = ProcessReading(key[0], 0, "unknown", 0.0, 0, -1.0, None)
+        # --- CPU ----------------------------------------------------------------------------------
+        if self.cfg.collectors.get("cpu", True):
+            cpu_de = self._cpu_energy(rapl, cpu_times, dt, devices, status)
+            if cpu_de is not None and self._cpu_times is not None and cpu_times is not None:
+                weights_cpu = {
+                    k: p.cpu_seconds - self._procs[k].reading.cpu_seconds if k in self._procs else p.cpu_seconds
+                    for k, p in procs.items()
+                    if p.start_time >= 0
+                }
+                parts, rest = attribution.split_by_capacity(
+                    cpu_de, weights_cpu, cpu_times.total - self._cpu_times.total
+                )
+                self._add(energy["cpu"], parts)
+                unatt["cpu"] += rest
+        # --- memory -------------------------------------------------------------------------------
+        if self.cfg.collectors.get("memory", True):
+            mem_de = self._memory_energy(rapl, dt, devices, status)
+            if mem_de is not None:
+                if not self.mem_total and self.s.procs is not None:
+                    try:
+                        self.mem_total = self.s.procs.mem_total_bytes()
+                    except SourceError:
+                        self.mem_total = 0
+                parts, rest = attribution.split_by_capacity(
+                    mem_de, {k: float(p.rss_bytes) for k, p in procs.items()}, float(self.mem_total)
+                )
+                self._add(energy["memory"], parts)
+                unatt["memory"] += rest
+
+        self._components |= {d.component for d in devices}
+        self._t = t
+        if cpu_times is not None:
+            self._cpu_times = cpu_times
+        if dt is None:  # the first sample only sets the baselines
+            self._update_procs(procs, energy, 1.0)
+            return None
+        for comp, v in unatt.items():
+            self._unattributed[comp] = self._unattributed.get(comp, 0.0) + v
+        self._update_procs(procs, energy, dt)
+        snap = self._build(t, dt, gpus, devices, unatt, status)
+        with self._lock:
+            self.latest = snap
+        return snap
+
+    # -- sources ----------------------------------------------------------------------------------
+
+    def _timed(self, status: dict[str, CollectorStatus], name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+            status[name] = CollectorStatus(True, time.perf_counter() - t0)
+            return out
+        except SourceError as exc:
+            status[name] = CollectorStatus(False, time.perf_counter() - t0, str(exc))
+        except Exception as exc:  # a source must never kill the exporter
+            log.exception("collector %s failed", name)
+            status[name] = CollectorStatus(False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _read_procs(self, status: dict[str, CollectorStatus]) -> tuple[dict[ProcKey, ProcessReading], CpuTimes | None]:
+        if self.s.procs is None:
+            return {}, None
+        scanner = self.s.procs
+        cpu_times = self._timed(status, "process", scanner.cpu_times)
+        if cpu_times is None:
+            return {}, None
+        if not self.cfg.collectors.get("process", True):
+            status.pop("process", None)
+            return {}, cpu_times
+        readings = self._timed(status, "process", scanner.read) or []
+        regs: list[Registration] = list(self.static_registrations)
+        if self.s.registrations is not None:
+            regs += self.s.registrations.read()
+        return self._assign_runs(readings, regs), cpu_times
+
+    def _assign_runs(
+        self, readings: list[ProcessReading], regs: list[Registration]
+    ) -> dict[ProcKey, ProcessReading]:
+        """Run of each process: its own CARBONWATCH_RUN_ID, else a registration of it, else its parent's."""
+        by_pid = {p.pid: p for p in readings}
+        registered: dict[int, str] = {}
+        for r in regs:
+            p = by_pid.get(r.pid)
+            if p is not None and (r.start_time is None or abs(p.start_time - r.start_time) < 0.05):
+                registered[r.pid] = r.run_id
+        memo: dict[int, str | None] = {}
+
+        def run_of(pid: int, depth: int = 0) -> str | None:
+            if pid in memo:
+                return memo[pid]
+            p = by_pid.get(pid)
+            if p is None or depth > 256:
+                return None
+            rid = p.run_id or registered.get(pid)
+            if rid is None and p.ppid not in (0, pid):
+                rid = run_of(p.ppid, depth + 1)
+            memo[pid] = rid
+            return rid
+
+        out: dict[ProcKey, ProcessReading] = {}
+        for p in readings:
+            rid = run_of(p.pid)
+            if rid != p.run_id:
+                p = ProcessReading(p.pid, p.ppid, p.comm, p.cpu_seconds, p.rss_bytes, p.start_time, rid)
+            out[(p.pid, p.start_time)] = p
+        return out
+
+    def _read_gpus(self, status: dict[str, CollectorStatus]) -> list[GpuReading]:
+        if self.s.nvml is None:
+            return []
+        gpus: list[GpuReading] = self._timed(status, "gpu", self.s.nvml.read) or []
+        errors = getattr(self.s.nvml, "last_errors", None)
+        if errors and "gpu" in status and status["gpu"].success:
+            status["gpu"] = CollectorStatus(False, status["gpu"].duration_seconds, "; ".join(errors))
+        return gpus
+
+    def _read_rapl(self, status: dict[str, CollectorStatus]) -> Any:
+        if self.s.rapl is None:
+            return None
+        reading = self._timed(status, "rapl", self.s.rapl.read)
+        if reading is None and not self.s.rapl_expected:
+            status.pop("rapl", None)
+        return reading
+
+    def _gpu_delta(self, g: GpuReading, dt: float | None) -> tuple[float | None, str]:
+        prev_e, prev_p = self._gpu_prev.get(g.uuid, (None, None))
+        self._gpu_prev[g.uuid] = (g.energy_joules, g.power_watts)
+        if g.energy_joules is not None:
+            if dt is None or prev_e is None:
+                return None, SOURCE_NVML_COUNTER
+            de = g.energy_joules - prev_e
+            if de < 0:  # counter reset (driver reload): it restarted from 0
+                de = g.energy_joules
+            return de, SOURCE_NVML_COUNTER
+        if dt is None or g.power_watts is None:
+            return None, SOURCE_NVML_POWER
+        p0 = prev_p if prev_p is not None else g.power_watts
+        return (p0 + g.power_watts) / 2.0 * dt, SOURCE_NVML_POWER  # trapezoid between samples
+
+    def _cpu_energy(
+        self,
+        rapl: Any,
+        cpu_times: CpuTimes | None,
+        dt: float | None,
+        devices: list[DeviceState],
+        status: dict[str, CollectorStatus],
+    ) -> float | None:
+        use_rapl = rapl is not None and rapl.packages and self.cfg.cpu.source != "model"
+        if use_rapl:
+            self.cpu_source = SOURCE_RAPL
+            total: float | None = 0.0
+            for pkg in rapl.packages:
+                de = self._rapl_delta(f"cpu:{pkg.key}", pkg.energy_joules, dt)
+                devices.append(self._device("cpu", pkg.key, SOURCE_RAPL, de, dt, None))
+                total = None if (de is None or total is None) else total + de
+            status["cpu"] = CollectorStatus(True, status.get("rapl", CollectorStatus(True, 0.0)).duration_seconds)
+            return total
+        if self.cfg.cpu.source == "rapl":
+            status["cpu"] = CollectorStatus(False, 0.0, "cpu.source is rapl but RAPL could not be read")
+            return None
+        if self.s.cpu_model is None or cpu_times is None:
+            status["cpu"] = CollectorStatus(False, 0.0, "no CPU time from /proc/stat for the CPU model")
+            return None
+        self.cpu_source = SOURCE_MODEL
+        t0 = time.perf_counter()
+        if self._cpu_times is None or dt is None:
+            return None
+        d_total = cpu_times.total - self._cpu_times.total
+        util = (cpu_times.busy - self._cpu_times.busy) / d_total if d_total > 0 else 0.0
+        power = float(self.s.cpu_model.power_watts(min(max(util, 0.0), 1.0)))
+        de = power * dt
+        devices.append(self._device("cpu", "all", SOURCE_MODEL, de, dt, power))
+        status["cpu"] = CollectorStatus(True, time.perf_counter() - t0)
+        return de
+
+    def _memory_energy(
+        self, rapl: Any, dt: float | None, devices: list[DeviceState], status: dict[str, CollectorStatus]
+    ) -> float | None:
+        dram = getattr(rapl, "dram", None) if rapl is not None else None
+        if dram is not None and dram.energy_joules is not None and self.cfg.memory.source != "model":
+            self.memory_source = SOURCE_RAPL
+            de = self._rapl_delta("memory", dram.energy_joules, dt)
+            devices.append(self._device("memory", "", SOURCE_RAPL, de, dt, None))
+            status["memory"] = CollectorStatus(True, 0.0)
+            return de
+        if self.cfg.memory.source == "rapl":
+            status["memory"] = CollectorStatus(False, 0.0, "memory.source is rapl but RAPL has no dram zone")
+            return None
+        if self.s.memory_model is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            power = float(self.s.memory_model.power_watts())
+        except SourceError as exc:
+            status["memory"] = CollectorStatus(False, time.perf_counter() - t0, str(exc))
+            return None
+        self.memory_source = SOURCE_MODEL
+        status["memory"] = CollectorStatus(True, time.perf_counter() - t0)
+        if dt is None:
+            return None
+        de = power * dt
+        devices.append(self._device("memory", "", SOURCE_MODEL, de, dt, power))
+        return de
+
+    def _rapl_delta(self, key: str, cumulative: float | None, dt: float | None) -> float | None:
+        if cumulative is None:
+            return None
+        prev = self._rapl_prev.get(key)
+        self._rapl_prev[key] = cumulative
+        if prev is None or dt is None:
+            return None
+        return max(cumulative - prev, 0.0)
+
+    def _device(
+        self, comp: str, key: str, source: str, de: float | None, dt: float | None, power: float | None
+    ) -> DeviceState:
+        total = self._dev_energy.get((comp, key), 0.0) + (de or 0.0)
+        self._dev_energy[(comp, key)] = total
+        if power is None:
+            power = de / dt if (de is not None and dt) else 0.0
+        return DeviceState(comp, key, source, power, total)
+
+    @staticmethod
+    def _add(acc: dict[object, float], parts: dict[Any, float]) -> None:
+        for k, v in parts.items():
+            acc[k] = acc.get(k, 0.0) + v
+
+    # -- accumulate and publish -------------------------------------------------------------------
+
+    def _update_procs(
+        self, procs: dict[ProcKey, ProcessReading], energy: dict[str, dict[object, float]], dt: float
+    ) -> None:
+        now = self.clock()
+        fresh: dict[ProcKey, _Proc] = {}
+        for key, reading in procs.items():
+            acc = self._procs.get(key) or _Proc(reading, reading.run_id or "")
+            acc.reading = reading
+            acc.run_id = reading.run_id or ""
+            acc.power = {}
+            run = None
+            if acc.run_id:
+                run = self._runs.get(acc.run_id)
+                if run is None:
+                    run = self._runs[acc.run_id] = RunState(acc.run_id)
+            for comp in sorted(self._components):
+                de = energy[comp].get(key, 0.0)
+                acc.power[comp] = de / dt
+                if de:
+                    acc.energy[comp] = acc.energy.get(comp, 0.0) + de
+                if run is not None:
+                    run.energy_joules[comp] = run.energy_joules.get(comp, 0.0) + de
+            fresh[key] = acc
+        self._procs = fresh
+        for run in self._runs.values():
+            run.power_watts = {c: 0.0 for c in self._components}
+            run.live_processes = 0
+        for acc in fresh.values():
+            if acc.run_id:
+                run = self._runs[acc.run_id]
+                run.live_processes += 1
+                run.last_seen = now
+                for comp, w in acc.power.items():
+                    run.power_watts[comp] += w
+        linger = self.cfg.process.run_linger
+        self._runs = {
+            rid: r for rid, r in self._runs.items() if r.live_processes or now - r.last_seen <= linger
+        }
+
+    def _build(
+        self,
+        t: float,
+        dt: float,
+        gpus: list[GpuReading],
+        devices: list[DeviceState],
+        unatt: dict[str, float],
+        status: dict[str, CollectorStatus],
+    ) -> Snapshot:
+        gpu_sources = {d.source for d in devices if d.component == "gpu"}
+        current = {
+            "gpu": SOURCE_NVML_POWER if SOURCE_NVML_POWER in gpu_sources else SOURCE_NVML_COUNTER,
+            "cpu": self.cpu_source or SOURCE_MODEL,
+            "memory": self.memory_source or SOURCE_MODEL,
+        }
+        for run in self._runs.values():
+            for comp in self._components:
+                # a run's source is the weakest it has had: one modelled sample makes the total modelled
+                if run.sources.get(comp) not in (SOURCE_MODEL, SOURCE_NVML_POWER):
+                    run.sources[comp] = current[comp]
+        processes = self._select_processes(dt)
+        return Snapshot(
+            timestamp=self.wall(),
+            gpus=list(gpus),
+            devices=devices,
+            processes=processes,
+            runs=[RunState(r.run_id, dict(r.power_watts), dict(r.energy_joules), dict(r.sources), r.last_seen,
+                           r.live_processes) for r in self._runs.values()],
+            unattributed_power_watts={c: v / dt for c, v in unatt.items()},
+            unattributed_energy_joules=dict(self._unattributed),
+            collectors=status,
+        )
+
+    def _select_processes(self, dt: float) -> list[ProcessState]:
+        """Run processes plus the top N by power; the rest fold into one pid="other" series."""
+        in_runs = [a for a in self._procs.values() if a.run_id]
+        rest = [a for a in self._procs.values() if not a.run_id]
+        top_n = 0 if self.only_runs else self.cfg.process.top_n
+        rest.sort(key=lambda a: sum(a.power.values()), reverse=True)
+        shown, folded = rest[:top_n], rest[top_n:]
+        out = [
+            ProcessState(a.reading.pid, a.reading.comm, a.run_id, dict(a.power), dict(a.energy))
+            for a in in_runs + shown
+        ]
+        if folded or self._other:
+            power = {c: 0.0 for c in ("gpu", "cpu", "memory")}
+            for a in folded:
+                for comp, w in a.power.items():
+                    power[comp] += w
+                    self._other[comp] = self._other.get(comp, 0.0) + w * dt
+            if not self.only_runs:
+                other = ProcessState(-1, OTHER, "", power, dict(self._other))
+                out.append(other)
+        return out
+
+    # -- loop -------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot | None:
+        with self._lock:
+            return self.latest
+
+    def run_forever(self, stop: threading.Event) -> None:
+        interval = self.cfg.sample_interval
+        next_t = self.clock()
+        while not stop.is_set():
+            try:
+                self.sample_once()
+            except Exception:  # never let the loop die; the next sample may succeed
+                log.exception("sample failed")
+            next_t += interval
+            delay = next_t - self.clock()
+            if delay < 0:  # fell behind (suspend, overload): skip, do not burst
+                next_t = self.clock()
+                delay = 0
+            stop.wait(delay)

@@ -1,0 +1,129 @@
+"""Processes and system CPU time from /proc (root injectable, like client_python's ProcessCollector).
+
+One small read per process per sample (/proc/PID/stat gives ppid, comm, CPU time, start time and RSS);
+the environment (for CARBONWATCH_RUN_ID) is read once per process lifetime and cached, because a
+process's /proc/PID/environ is fixed at exec time anyway.
+"""
+
+from __future__ import annotations
+
+import os
+
+from carbonwatch.model import CpuTimes, ProcessReading, SourceError
+
+RUN_ENV = b"CARBONWATCH_RUN_ID="
+_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MAX_RUN_ID_LEN = 128
+
+
+def _read(path: str, limit: int = 65536) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def parse_stat(pid: int, raw: bytes) -> tuple[int, str, float, int, float]:
+    """(ppid, comm, cpu_seconds, rss_bytes, start_seconds_since_boot) from /proc/PID/stat."""
+    lpar = raw.index(b"(")
+    rpar = raw.rindex(b")")  # comm may itself contain ')' and spaces
+    comm = raw[lpar + 1 : rpar].decode("utf-8", "replace")
+    rest = raw[rpar + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    ppid = int(rest[1])
+    cpu = (int(rest[11]) + int(rest[12])) / _TICKS  # utime (14) + stime (15)
+    start = int(rest[19]) / _TICKS  # starttime (22)
+    rss = int(rest[21]) * _PAGE  # rss (24), pages
+    return ppid, comm, cpu, rss, start
+
+
+def run_id_from_environ(raw: bytes) -> str | None:
+    """CARBONWATCH_RUN_ID from a NUL-separated environment block, or None (absent or not a safe label)."""
+    for entry in raw.split(b"\0"):
+        if entry.startswith(RUN_ENV):
+            value = entry[len(RUN_ENV) :].decode("utf-8", "replace")
+            if 0 < len(value) <= MAX_RUN_ID_LEN and value.isprintable():
+                return value
+            return None
+    return None
+
+
+class ProcScanner:
+    """Scans every process under `proc_root` on each call to `read()`."""
+
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self.proc_root = proc_root
+        # (pid, start) -> run id from the environment, or None: read once per process
+        self._env_cache: dict[tuple[int, float], str | None] = {}
+        self._denied: set[tuple[int, float]] = set()
+        self.environ_denied = 0  # live processes whose environment could not be read (last scan)
+
+    def cpu_times(self) -> CpuTimes:
+        try:
+            raw = _read(os.path.join(self.proc_root, "stat"), 1 << 20)
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.proc_root}/stat: {exc.strerror}") from None
+        ncpu = 0
+        total = busy = 0.0
+        for line in raw.split(b"\n"):
+            if line.startswith(b"cpu "):
+                vals = [int(v) for v in line.split()[1:]]
+                # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+                vals = vals[:8]
+                total = sum(vals) / _TICKS
+                idle = (vals[3] + (vals[4] if len(vals) > 4 else 0)) / _TICKS
+                busy = total - idle
+            elif line.startswith(b"cpu"):
+                ncpu += 1
+        if total <= 0:
+            raise SourceError(f"{self.proc_root}/stat has no aggregate cpu line")
+        return CpuTimes(total=total, busy=busy, ncpu=max(ncpu, 1))
+
+    def mem_total_bytes(self) -> int:
+        try:
+            raw = _read(os.path.join(self.proc_root, "meminfo"))
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.proc_root}/meminfo: {exc.strerror}") from None
+        for line in raw.split(b"\n"):
+            if line.startswith(b"MemTotal:"):
+                return int(line.split()[1]) * 1024
+        raise SourceError(f"{self.proc_root}/meminfo has no MemTotal")
+
+    def read(self) -> list[ProcessReading]:
+        out: list[ProcessReading] = []
+        seen: set[tuple[int, float]] = set()
+        try:
+            entries = os.listdir(self.proc_root)
+        except OSError as exc:
+            raise SourceError(f"cannot list {self.proc_root}: {exc.strerror}") from None
+        base = self.proc_root
+        for name in entries:
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            try:
+                ppid, comm, cpu, rss, start = parse_stat(pid, _read(f"{base}/{name}/stat", 4096))
+            except (OSError, ValueError, IndexError):
+                continue  # vanished mid-read, or a kernel oddity: skip this process this time
+            key = (pid, start)
+            seen.add(key)
+            if key in self._env_cache:
+                run_id = self._env_cache[key]
+            else:
+                try:
+                    run_id = run_id_from_environ(_read(f"{base}/{name}/environ", 1 << 20))
+                    self._env_cache[key] = run_id
+                except PermissionError:
+                    run_id = None  # without root / same uid / CAP_SYS_PTRACE; run membership then
+                    self._env_cache[key] = None  # comes from the parent or a registration
+                    self._denied.add(key)
+                except OSError:
+                    continue
+            out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id))
+        if len(self._env_cache) > len(seen):
+            self._env_cache = {k: v for k, v in self._env_cache.items() if k in seen}
+            self._denied &= seen
+        self.environ_denied = len(self._denied)
+        return out
