@@ -1,0 +1,100 @@
+"""Flags, env and config file of `carbonwatch exporter`: bad input exits 2 naming what is wrong."""
+
+import subprocess
+import sys
+
+import pytest
+
+from carbonwatch.cli import build_parser
+from carbonwatch.config import ExporterConfig, apply_mapping, parse_listen_address
+from carbonwatch.durations import format_duration, parse_duration
+from carbonwatch.errors import ConfigError
+from carbonwatch.exporter import config_from_args
+
+
+def args(*argv):
+    argv = ["exporter", *argv]
+    return build_parser(argv).parse_args(argv)
+
+
+def test_defaults_match_the_contract():
+    cfg = config_from_args(args(), environ={})
+    assert cfg.listen_address == ":9860"
+    assert parse_listen_address(cfg.listen_address) == ("0.0.0.0", 9860)
+    assert cfg.sample_interval == 1.0
+    assert cfg.zone == "world"
+    assert all(cfg.collectors.values())
+
+
+def test_precedence_file_env_flags(tmp_path):
+    f = tmp_path / "c.yml"
+    f.write_text("zone: FR\nsample_interval: 5s\nweb: {listen_address: ':1111'}\ncollectors: {gpu: false}\n")
+    cfg = config_from_args(args("--config.file", str(f)), environ={})
+    assert (cfg.zone, cfg.sample_interval, cfg.listen_address, cfg.collectors["gpu"]) == ("FR", 5.0, ":1111", False)
+    env = {"CARBONWATCH_ZONE": "DE", "CARBONWATCH_SAMPLE_INTERVAL": "2s", "CARBONWATCH_COLLECTOR_GPU": "true"}
+    cfg = config_from_args(args("--config.file", str(f)), environ=env)
+    assert (cfg.zone, cfg.sample_interval, cfg.collectors["gpu"]) == ("DE", 2.0, True)
+    cfg = config_from_args(args("--config.file", str(f), "--zone", "PL", "--no-collector.gpu",
+                                "--web.listen-address", "127.0.0.1:0"), environ=env)
+    assert (cfg.zone, cfg.collectors["gpu"], cfg.listen_address) == ("PL", False, "127.0.0.1:0")
+
+
+@pytest.mark.parametrize(
+    "doc, key",
+    [
+        ("zonee: DE", "zonee: unknown key"),
+        ("zone: 'not a zone!'", "zone:"),
+        ("sample_interval: fast", "sample_interval:"),
+        ("sample_interval: 10ms", "sample_interval: must be at least"),
+        ("collectors: {gpu: maybe}", "collectors.gpu: expected bool"),
+        ("collectors: {tpu: true}", "collectors.tpu: unknown key"),
+        ("cpu: {tdp_watts: -5}", "cpu.tdp_watts: must be > 0"),
+        ("cpu: {source: magic}", "cpu.source: must be one of"),
+        ("cpu: {min_watts_per_cpu: 1}", "cpu.min_watts_per_cpu and cpu.max_watts_per_cpu"),
+        ("process: {top_n: -1}", "process.top_n"),
+        ("process: {run_linger: soon}", "process.run_linger"),
+        ("web: {listen_address: 'nope'}", "web.listen_address"),
+        ("memory: 3", "memory: expected a mapping"),
+        ("- a\n- b", "top level"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, doc, key):
+    f = tmp_path / "bad.yml"
+    f.write_text(doc)
+    with pytest.raises(ConfigError) as exc:
+        config_from_args(args("--config.file", str(f)), environ={})
+    assert key in str(exc.value)
+
+
+def test_bad_env_and_flags_name_the_variable():
+    with pytest.raises(ConfigError, match="CARBONWATCH_COLLECTOR_CPU"):
+        config_from_args(args(), environ={"CARBONWATCH_COLLECTOR_CPU": "perhaps"})
+    with pytest.raises(ConfigError, match="--sample-interval"):
+        config_from_args(args("--sample-interval", "1 minute"), environ={})
+    with pytest.raises(ConfigError, match="port 70000"):
+        config_from_args(args("--web.listen-address", ":70000"), environ={})
+
+
+def test_cli_exits_2_with_the_message(tmp_path):
+    f = tmp_path / "bad.yml"
+    f.write_text("process: {top_n: many}\n")
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "process.top_n" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(tmp_path / "none.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_durations_round_trip():
+    for text, secs in [("500ms", 0.5), ("15s", 15), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("3", 3)]:
+        assert parse_duration(text) == secs
+    assert format_duration(300) == "5m" and format_duration(0.5) == "500ms" and format_duration(90) == "90s"
+    with pytest.raises(ConfigError):
+        parse_duration("5 m")
+
+
+def test_apply_mapping_keeps_intensity_section_for_its_module():
+    cfg = apply_mapping(ExporterConfig(), {"intensity": {"provider": "table"}})
+    assert cfg.intensity == {"provider": "table"}
