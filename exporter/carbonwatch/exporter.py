@@ -10,12 +10,13 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from carbonwatch import __version__
-from carbonwatch.collector import SnapshotCollector
+from carbonwatch.collector import SnapshotCollector, render_text
 from carbonwatch.config import COLLECTORS, ExporterConfig, apply_mapping, load_file, validate, validate_zone
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
@@ -120,6 +121,41 @@ def _intensity_collector(cfg: ExporterConfig) -> Any:
     return intensity_collector.from_exporter_config(cfg)
 
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LANDING = b"""<html><head><title>carbonwatch exporter</title></head><body><h1>carbonwatch exporter</h1>
+<p><a href="/metrics">Metrics</a></p></body></html>"""
+
+
+def serve(host: str, port: int, registry: CollectorRegistry) -> ThreadingHTTPServer:
+    """Serve /metrics from `registry` in a daemon thread. A scrape only formats the latest snapshot."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, ctype, code = render_text([registry]), CONTENT_TYPE, 200
+            elif path == "/":
+                body, ctype, code = LANDING, "text/html; charset=utf-8", 200
+            else:
+                body, ctype, code = b"not found: try /metrics\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("%s %s", self.address_string(), format % args)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="carbonwatch-http", daemon=True).start()
+    return server
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -133,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
     thread.start()
     host, port = cfg.listen_host_port()
     try:
-        server, _ = start_http_server(port, addr=host, registry=registry)
+        server = serve(host, port, registry)
     except OSError as exc:
         raise ConfigError(f"--web.listen-address: cannot listen on {cfg.listen_address}: {exc.strerror}") from None
     actual = server.server_address[1]

@@ -99,6 +99,11 @@ def build_sources(cfg: ExporterConfig) -> Sources:
     return s
 
 
+def _boot_clock() -> float:
+    """Seconds since boot, the clock of /proc/PID/stat start times."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _has_rapl_zones(root: str) -> bool:
     try:
         return any(n.startswith("intel-rapl:") for n in os.listdir(root))
@@ -125,6 +130,7 @@ class Sampler:
         wall: Callable[[], float] = time.time,
         static_registrations: Iterable[Registration] = (),
         only_runs: bool = False,
+        boot_clock: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.s = sources
@@ -132,8 +138,16 @@ class Sampler:
         self.wall = wall
         self.static_registrations = list(static_registrations)
         self.only_runs = only_runs  # local mode: expose only run processes (no top N)
+        self.boot_clock = boot_clock or _boot_clock
         self.latest: Snapshot | None = None
         self._lock = threading.Lock()
+        self._last_full: float | None = None  # monotonic time of the last full /proc scan
+        self._full_cpu: dict[ProcKey, float] = {}  # CPU seconds of every process at the last full scan
+        self._top: set[ProcKey] = set()  # processes outside runs shown individually (top N at the last full scan)
+        self._folded_rss = 0.0  # RSS of the processes not read between full scans
+        self._boot_prev: float | None = None  # seconds since boot at the previous sample
+        self._other: dict[str, float] = {}  # energy of the folded processes, J (the pid="other" counter)
+        self._other_power: dict[str, float] = {}
         self._t: float | None = None
         self._cpu_times: CpuTimes | None = None
         self._procs: dict[ProcKey, _Proc] = {}
@@ -141,7 +155,6 @@ class Sampler:
         self._rapl_prev: dict[str, float] = {}  # "cpu:<pkg>" / "memory" -> cumulative J from the reader
         self._dev_energy: dict[tuple[str, str], float] = {}  # (component, key) -> exported counter, J
         self._unattributed: dict[str, float] = {}
-        self._other: dict[str, float] = {}
         self._runs: dict[str, RunState] = {}
         self.mem_total = 0
         self._components: set[str] = set()  # components this node has reported energy for
@@ -160,9 +173,13 @@ class Sampler:
         unatt: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "memory": 0.0}
         devices: list[DeviceState] = []
 
-        procs, cpu_times = self._read_procs(status)
         rapl = self._read_rapl(status)
         gpus = self._read_gpus(status)
+        full = self._last_full is None or t - self._last_full >= self.cfg.process.scan_interval
+        gpu_pids = {p.pid for g in gpus for p in g.processes}
+        procs, cpu_times = self._read_procs(status, None if full else self._tracked_pids() | gpu_pids)
+        boot_now = self.boot_clock()
+        other: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "memory": 0.0}
 
         pid_index = {k[0]: k for k in procs}
         # --- GPU ----------------------------------------------------------------------------------
@@ -184,16 +201,15 @@ class Sampler:
         if self.cfg.collectors.get("cpu", True):
             cpu_de = self._cpu_energy(rapl, cpu_times, dt, devices, status)
             if cpu_de is not None and self._cpu_times is not None and cpu_times is not None:
-                weights_cpu = {
-                    k: p.cpu_seconds - self._procs[k].reading.cpu_seconds if k in self._procs else p.cpu_seconds
-                    for k, p in procs.items()
-                    if p.start_time >= 0
-                }
-                parts, rest = attribution.split_by_capacity(
-                    cpu_de, weights_cpu, cpu_times.total - self._cpu_times.total
-                )
+                weights_cpu = self._cpu_deltas(procs)
+                d_total = cpu_times.total - self._cpu_times.total
+                parts, rest = attribution.split_by_capacity(cpu_de, weights_cpu, d_total)
                 self._add(energy["cpu"], parts)
-                unatt["cpu"] += rest
+                # busy time of processes without a fresh per-process baseline (not read between full scans,
+                # ended inside the interval, kernel threads) goes to pid="other", idle time stays unattributed
+                unseen = max(0.0, (cpu_times.busy - self._cpu_times.busy) - sum(weights_cpu.values()))
+                other["cpu"] = min(rest, cpu_de * unseen / d_total) if d_total > 0 else 0.0
+                unatt["cpu"] += rest - other["cpu"]
         # --- memory -------------------------------------------------------------------------------
         if self.cfg.collectors.get("memory", True):
             mem_de = self._memory_energy(rapl, dt, devices, status)
@@ -207,19 +223,24 @@ class Sampler:
                     mem_de, {k: float(p.rss_bytes) for k, p in procs.items()}, float(self.mem_total)
                 )
                 self._add(energy["memory"], parts)
-                unatt["memory"] += rest
+                if not full and self.mem_total:
+                    other["memory"] = min(rest, mem_de * self._folded_rss / self.mem_total)
+                unatt["memory"] += rest - other["memory"]
 
         self._components |= {d.component for d in devices}
         self._t = t
+        self._boot_prev = boot_now
         if cpu_times is not None:
             self._cpu_times = cpu_times
         if dt is None:  # the first sample only sets the baselines
             self._update_procs(procs, energy, 1.0)
+            self._after_scan(procs, t, full)
             return None
         for comp, v in unatt.items():
             self._unattributed[comp] = self._unattributed.get(comp, 0.0) + v
         self._update_procs(procs, energy, dt)
-        snap = self._build(t, dt, gpus, devices, unatt, status)
+        self._after_scan(procs, t, full)
+        snap = self._build(t, dt, gpus, devices, unatt, other, status)
         with self._lock:
             self.latest = snap
         return snap
@@ -239,7 +260,51 @@ class Sampler:
             status[name] = CollectorStatus(False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
         return None
 
-    def _read_procs(self, status: dict[str, CollectorStatus]) -> tuple[dict[ProcKey, ProcessReading], CpuTimes | None]:
+    def _tracked_pids(self) -> set[int]:
+        """Processes read between full scans: those of runs, the top N, and registered roots."""
+        return {k[0] for k, a in self._procs.items() if a.run_id or k in self._top} | {
+            r.pid for r in self.static_registrations
+        }
+
+    def _cpu_deltas(self, procs: dict[ProcKey, ProcessReading]) -> dict[ProcKey, float]:
+        """CPU seconds in this interval, for the processes where that is known exactly: read in the previous
+        sample too, or started after it (all their CPU time is in this interval)."""
+        out: dict[ProcKey, float] = {}
+        for k, p in procs.items():
+            if p.start_time < 0:
+                continue
+            prev = self._procs.get(k)
+            if prev is not None:
+                out[k] = p.cpu_seconds - prev.reading.cpu_seconds
+            elif self._boot_prev is not None and p.start_time >= self._boot_prev - 0.01:
+                out[k] = p.cpu_seconds
+        return out
+
+    def _after_scan(self, procs: dict[ProcKey, ProcessReading], t: float, full: bool) -> None:
+        """After a full scan: rank the processes outside runs by CPU rate since the previous full scan and
+        choose the top N to follow until the next one."""
+        if not full:
+            return
+        span = t - self._last_full if self._last_full is not None else 0.0
+        rates: list[tuple[float, ProcKey]] = []
+        folded_rss = 0.0
+        for k, p in procs.items():
+            if p.run_id:
+                continue
+            before = self._full_cpu.get(k)
+            rate = (p.cpu_seconds - before) / span if (before is not None and span > 0) else 0.0
+            rates.append((rate, k))
+            folded_rss += p.rss_bytes
+        rates.sort(reverse=True)
+        top_n = 0 if self.only_runs else self.cfg.process.top_n
+        self._top = {k for _, k in rates[:top_n]}
+        self._folded_rss = folded_rss - sum(procs[k].rss_bytes for k in self._top)
+        self._full_cpu = {k: p.cpu_seconds for k, p in procs.items()}
+        self._last_full = t
+
+    def _read_procs(
+        self, status: dict[str, CollectorStatus], pids: set[int] | None = None
+    ) -> tuple[dict[ProcKey, ProcessReading], CpuTimes | None]:
         if self.s.procs is None:
             return {}, None
         scanner = self.s.procs
@@ -249,7 +314,7 @@ class Sampler:
         if not self.cfg.collectors.get("process", True):
             status.pop("process", None)
             return {}, cpu_times
-        readings = self._timed(status, "process", scanner.read) or []
+        readings = self._timed(status, "process", lambda: scanner.read(pids)) or []
         regs: list[Registration] = list(self.static_registrations)
         if self.s.registrations is not None:
             regs += self.s.registrations.read()
@@ -417,7 +482,7 @@ class Sampler:
         for key, reading in procs.items():
             acc = self._procs.get(key) or _Proc(reading, reading.run_id or "")
             acc.reading = reading
-            acc.run_id = reading.run_id or ""
+            acc.run_id = reading.run_id or acc.run_id  # a process never leaves its run
             acc.power = {}
             run = None
             if acc.run_id:
@@ -455,6 +520,7 @@ class Sampler:
         gpus: list[GpuReading],
         devices: list[DeviceState],
         unatt: dict[str, float],
+        other: dict[str, float],
         status: dict[str, CollectorStatus],
     ) -> Snapshot:
         gpu_sources = {d.source for d in devices if d.component == "gpu"}
@@ -468,7 +534,7 @@ class Sampler:
                 # a run's source is the weakest it has had: one modelled sample makes the total modelled
                 if run.sources.get(comp) not in (SOURCE_MODEL, SOURCE_NVML_POWER):
                     run.sources[comp] = current[comp]
-        processes = self._select_processes(dt)
+        processes = self._select_processes(dt, other)
         return Snapshot(
             timestamp=self.wall(),
             gpus=list(gpus),
@@ -481,26 +547,22 @@ class Sampler:
             collectors=status,
         )
 
-    def _select_processes(self, dt: float) -> list[ProcessState]:
-        """Run processes plus the top N by power; the rest fold into one pid="other" series."""
-        in_runs = [a for a in self._procs.values() if a.run_id]
-        rest = [a for a in self._procs.values() if not a.run_id]
-        top_n = 0 if self.only_runs else self.cfg.process.top_n
-        rest.sort(key=lambda a: sum(a.power.values()), reverse=True)
-        shown, folded = rest[:top_n], rest[top_n:]
-        out = [
-            ProcessState(a.reading.pid, a.reading.comm, a.run_id, dict(a.power), dict(a.energy))
-            for a in in_runs + shown
-        ]
-        if folded or self._other:
-            power = {c: 0.0 for c in ("gpu", "cpu", "memory")}
-            for a in folded:
+    def _select_processes(self, dt: float, other: dict[str, float]) -> list[ProcessState]:
+        """Run processes plus the top N; the rest, and the busy time of processes not read individually,
+        fold into one pid="other" series, so the per-sample sums still hold."""
+        shown: list[_Proc] = []
+        power = {c: other.get(c, 0.0) / dt for c in self._components}
+        for key, a in self._procs.items():
+            if a.run_id or key in self._top or a.power.get("gpu"):  # GPU users are always shown
+                shown.append(a)
+            else:
                 for comp, w in a.power.items():
-                    power[comp] += w
-                    self._other[comp] = self._other.get(comp, 0.0) + w * dt
-            if not self.only_runs:
-                other = ProcessState(-1, OTHER, "", power, dict(self._other))
-                out.append(other)
+                    power[comp] = power.get(comp, 0.0) + w
+        for comp, w in power.items():
+            self._other[comp] = self._other.get(comp, 0.0) + w * dt
+        out = [ProcessState(a.reading.pid, a.reading.comm, a.run_id, dict(a.power), dict(a.energy)) for a in shown]
+        if not self.only_runs:
+            out.append(ProcessState(-1, OTHER, "", power, dict(self._other)))
         return out
 
     # -- loop -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ process's /proc/PID/environ is fixed at exec time anyway.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from carbonwatch.model import CpuTimes, ProcessReading, SourceError
 
@@ -91,13 +92,18 @@ class ProcScanner:
                 return int(line.split()[1]) * 1024
         raise SourceError(f"{self.proc_root}/meminfo has no MemTotal")
 
-    def read(self) -> list[ProcessReading]:
+    def read(self, pids: Iterable[int] | None = None) -> list[ProcessReading]:
+        """Every process (`pids` None: a full scan), or only `pids` (the fast path between full scans)."""
         out: list[ProcessReading] = []
         seen: set[tuple[int, float]] = set()
-        try:
-            entries = os.listdir(self.proc_root)
-        except OSError as exc:
-            raise SourceError(f"cannot list {self.proc_root}: {exc.strerror}") from None
+        full = pids is None
+        if pids is None:
+            try:
+                entries = os.listdir(self.proc_root)
+            except OSError as exc:
+                raise SourceError(f"cannot list {self.proc_root}: {exc.strerror}") from None
+        else:
+            entries = [str(p) for p in pids]
         base = self.proc_root
         for name in entries:
             if not name.isdigit():
@@ -122,7 +128,7 @@ class ProcScanner:
                 except OSError:
                     continue
             out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id))
-        if len(self._env_cache) > len(seen):
+        if full and len(self._env_cache) > len(seen):
             self._env_cache = {k: v for k, v in self._env_cache.items() if k in seen}
             self._denied &= seen
         self.environ_denied = len(self._denied)
