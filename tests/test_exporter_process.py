@@ -132,3 +132,51 @@ def test_exporter_survives_nvml_failing_to_load(tmp_path):
         assert m["carbonwatch_cpu_energy_joules_total"]
     finally:
         assert exp.stop() == 0
+
+
+def test_exporter_reads_a_two_socket_rapl_tree_without_double_counting(tmp_path):
+    from tests.fakes.powercap import FakePowercap
+
+    pc = FakePowercap(tmp_path / "sys", sockets=2, psys=True, mmio=True)
+    zones = [z for zones in pc.package_zones.values() for z in zones]
+    pc.near_wrap(zones[0], 30_000_000)  # socket 0 wraps during the test
+    exp = start_exporter(
+        tmp_path,
+        {"sample_interval": "100ms", "cpu": {"powercap_root": str(pc.root)}, "collectors": {"gpu": False,
+                                                                                           "intensity": False}},
+    )
+    try:
+        time.sleep(0.5)  # the exporter has its baseline
+        for _ in range(4):
+            pc.advance(1.0, package_watts={0: 40.0, 1: 10.0}, dram_watts=3.0)  # 50 J + 6 J per step
+            time.sleep(0.25)
+        time.sleep(0.4)
+        m = samples(exp.scrape())
+        cpu = {lab["package"]: v for lab, v in m["carbonwatch_cpu_energy_joules_total"]}
+        assert {lab["source"] for lab, _ in m["carbonwatch_cpu_energy_joules_total"]} == {"rapl"}
+        assert cpu == {"0": pytest.approx(160.0, abs=1e-6), "1": pytest.approx(40.0, abs=1e-6)}
+        assert one(m["carbonwatch_memory_energy_joules_total"], source="rapl") == pytest.approx(24.0, abs=1e-6)
+        assert m["carbonwatch_node_info"][0][0]["cpu_source"] == "rapl"
+        assert one(m["carbonwatch_collector_success"], collector="rapl") == 1
+    finally:
+        exp.stop()
+
+
+def test_exporter_publishes_its_zone_intensity_from_the_bundled_table(tmp_path):
+    exp = start_exporter(tmp_path, {"zone": "FR", "sample_interval": "200ms", "collectors": {"gpu": False}})
+    try:
+        time.sleep(0.5)
+        m = samples(exp.scrape())
+        (labels, value), = m["carbonwatch_grid_carbon_intensity_grams_per_kwh"]
+        assert labels["zone"] == "FR" and labels["source"].startswith("table")
+        assert 10 < value < 200  # France's grid: mostly nuclear
+    finally:
+        exp.stop()
+
+
+def test_bad_intensity_config_exits_2_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("intensity: {zones: DE}\n")
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "intensity.zones" in r.stderr

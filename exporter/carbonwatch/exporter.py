@@ -113,12 +113,9 @@ def build_registry(cfg: ExporterConfig, sources: Sources, sampler: Sampler) -> C
 
 
 def _intensity_collector(cfg: ExporterConfig) -> Any:
-    try:
-        from carbonwatch import intensity_collector
-    except ImportError:
-        log.warning("intensity collector not available in this build")
-        return None
-    return intensity_collector.from_exporter_config(cfg)
+    from carbonwatch.intensity_collector import IntensityCollector
+
+    return IntensityCollector.from_config(cfg.intensity, cfg.zone)
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
