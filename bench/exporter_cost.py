@@ -148,6 +148,7 @@ def main() -> int:
         time.sleep(3)  # let everyone reach steady state (process-exporter's first scan, codecarbon's start)
         res = measure(a.seconds, pids, scrape, {"carbonwatch": a.scrape_interval})
         burst = scrape_burst(exp.url)
+        live = len(psutil.pids())
         n_series = sum(1 for line in exp.scrape().splitlines() if line and not line.startswith("#"))
     finally:
         if exp is not None:
@@ -161,7 +162,7 @@ def main() -> int:
             s.wait()
     cw = res["carbonwatch"]
     report = {
-        "machine": {"cpus": os.cpu_count(), "processes": len(psutil.pids())},
+        "machine": {"cpus": os.cpu_count(), "processes_during_run": live},
         "setup": {"live_processes": a.procs, "fake_gpus": 8, "window_seconds": a.seconds, "sample_hz": 1,
                   "carbonwatch_scrape_interval_s": a.scrape_interval, "process_exporter_scrape_interval_s": 1.0},
         "results": res,

@@ -34,7 +34,8 @@ def test_share_split_with_no_process_is_unattributed():
 def test_gpu_weights_prefer_sm_then_memory_then_equal():
     sm = gpu_weights([GpuProcessUse(1, sm_util=30, used_memory_bytes=10), GpuProcessUse(2, sm_util=10)])
     assert sm == {1: 30.0, 2: 10.0}
-    mem = gpu_weights([GpuProcessUse(1, sm_util=0, used_memory_bytes=3 << 30), GpuProcessUse(2, used_memory_bytes=1 << 30)])
+    mem = gpu_weights([GpuProcessUse(1, sm_util=0, used_memory_bytes=3 << 30),
+                       GpuProcessUse(2, used_memory_bytes=1 << 30)])
     assert mem == {1: float(3 << 30), 2: float(1 << 30)}
     assert gpu_weights([GpuProcessUse(7), GpuProcessUse(8)]) == {7: 1.0, 8: 1.0}
     assert gpu_weights([]) == {}

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+
 from carbonwatch.config import ExporterConfig
 from carbonwatch.model import EnergyReading, GpuProcessUse, GpuReading, SourceError
 from carbonwatch.registration import Registration
 from carbonwatch.sampler import Sampler, Sources
 from carbonwatch.sources.procs import ProcScanner
-
 from tests.fakeproc import FakeProc
 
 

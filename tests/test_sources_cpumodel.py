@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from carbonwatch.errors import ConfigError
 from carbonwatch.sources.cpumodel import (
     CCF_PER_VCPU,

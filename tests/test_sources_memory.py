@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from carbonwatch.errors import ConfigError
 from carbonwatch.model import SourceError
 from carbonwatch.sources.memory import MemoryPowerModel

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pynvml
 import pytest
+
 from carbonwatch.model import GpuReading, SourceError
 from carbonwatch.sources.nvml import NvmlSource, _field_number
-
 from tests.fakes import fake_nvml
 from tests.fakes.fake_nvml import (
     FakeClock,

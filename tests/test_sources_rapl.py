@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from carbonwatch.model import SourceError
 from carbonwatch.sources.rapl import RaplReading, RaplSource
-
 from tests.fakes.powercap import FakePowercap
 
 REPO = Path(__file__).resolve().parents[1]

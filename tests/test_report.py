@@ -1,0 +1,244 @@
+"""`carbonwatch report` against a real Prometheus serving a TSDB built with promtool from known series."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from carbonwatch.equivalents import FACTORS
+from carbonwatch.errors import ConfigError
+from carbonwatch.report import Prometheus, collect, fmt_duration, fmt_energy, fmt_grams, render_table
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="prometheus/promtool not installed"
+)
+
+BASE = (int(time.time()) // 60) * 60 - 3 * 3600  # three hours ago, on a minute
+AT = BASE + 600  # the query time of the tests that pass one
+STEP = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def openmetrics() -> str:
+    """r1 ran on node n1 (zone DE) from BASE to BASE+300 and succeeded; r2 runs from BASE+120 on."""
+    series: dict[str, list[tuple[str, float, int]]] = {}
+
+    def add(name: str, labels: str, value: float, t: int) -> None:
+        series.setdefault(name, []).append((labels, value, t))
+
+    for t in range(BASE, BASE + 601, STEP):
+        k = min(t - BASE, 300) / 300  # r1's progress, 0..1, flat after its end
+        r1 = 'run_id="r1"'
+        add("run_id:carbonwatch_run_info:last", r1 + ',user="ada",model="mlp",project="vision",team="ml"', 1, t)
+        if t - BASE <= 240:
+            add(
+                "carbonwatch_run_info", r1 + ',user="ada",model="mlp",project="vision",team="ml",status="running"', 1, t
+            )
+        elif t - BASE == 300:
+            add(
+                "carbonwatch_run_info",
+                r1 + ',user="ada",model="mlp",project="vision",team="ml",status="succeeded"',
+                1,
+                t,
+            )
+        if t - BASE <= 300:
+            add("carbonwatch_run_start_time_seconds", r1, BASE, t)
+            add("carbonwatch_run_budget_grams", r1, 500, t)
+            add("carbonwatch_run_epoch", r1, round(5 * k), t)
+            add("carbonwatch_run_samples_total", r1, 10000 * k, t)
+            add("carbonwatch_run_energy_joules_total", r1 + ',instance="n1:9860",component="gpu"', 5.4e6 * k, t)
+            add("carbonwatch_run_energy_joules_total", r1 + ',instance="n1:9860",component="cpu"', 1.44e6 * k, t)
+        if t - BASE == 300:
+            add("carbonwatch_run_end_time_seconds", r1, BASE + 300, t)
+        add("run_id:carbonwatch_energy_joules:total", r1, 7.2e6 * k, t)
+        add("run_id:carbonwatch_emissions_grams:total", r1, 800 * k, t)
+        for comp, joules in (("gpu", 5.4e6), ("cpu", 1.44e6), ("memory", 0.36e6)):
+            add("run_id_component:carbonwatch_energy_joules:total", f'{r1},component="{comp}"', joules * k, t)
+            add("run_id_component:carbonwatch_emissions_grams:total", f'{r1},component="{comp}"', joules * k / 9000, t)
+        add("run_id:carbonwatch_cost:total", r1 + ',currency="EUR"', 0.6 * k, t)
+        # Node series: n1 ran r1 (rapl CPU, NVML GPU counter, modelled memory); n2 (FR, modelled CPU) did not.
+        add("carbonwatch_node_info", 'instance="n1:9860",zone="DE"', 1, t)
+        add("carbonwatch_node_info", 'instance="n2:9860",zone="FR"', 1, t)
+        add("carbonwatch_cpu_energy_joules_total", 'instance="n1:9860",package="0",source="rapl"', t - BASE, t)
+        add("carbonwatch_gpu_energy_joules_total", 'instance="n1:9860",gpu="0",source="nvml_counter"', t - BASE, t)
+        add("carbonwatch_memory_energy_joules_total", 'instance="n1:9860",source="model"', t - BASE, t)
+        add("carbonwatch_cpu_energy_joules_total", 'instance="n2:9860",package="all",source="model"', t - BASE, t)
+        if t - BASE >= 120:
+            r2 = 'run_id="r2"'
+            add("run_id:carbonwatch_run_info:last", r2 + ',user="bob",model="bert",project="nlp",team=""', 1, t)
+            add("carbonwatch_run_info", r2 + ',user="bob",model="bert",project="nlp",status="running"', 1, t)
+            add("carbonwatch_run_start_time_seconds", r2, BASE + 120, t)
+            add("run_id:carbonwatch_energy_joules:total", r2, 1000.0 * (t - BASE - 120), t)
+            add("run_id:carbonwatch_emissions_grams:total", r2, 0.1 * (t - BASE - 120), t)
+            add("run_id:carbonwatch_emissions_grams:forecast", r2, 123, t)
+            add("run_id:carbonwatch_power_watts:sum", r2, 250, t)
+            add("carbonwatch_run_energy_joules_total", r2 + ',instance="n2:9860",component="cpu"', 10.0 * t, t)
+    lines = []
+    for name, samples in series.items():
+        lines.append(f"# TYPE {name} gauge")
+        lines += [f"{name}{{{labels}}} {value} {t}" for labels, value, t in samples]
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    d = tmp_path_factory.mktemp("prom")
+    (d / "series.om").write_text(openmetrics())
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "series.om"), str(d / "data")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (d / "prometheus.yml").write_text("global: {}\n")
+    port = free_port()
+    log = open(d / "prometheus.log", "wb")
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/-/ready", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, (d / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, "prometheus not ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_an_ended_run_reports_its_totals_sources_and_budget(prometheus_url: str) -> None:
+    rep = collect(Prometheus(prometheus_url), "r1", at=AT)
+    assert rep.status == "succeeded"
+    assert (rep.user, rep.model, rep.project, rep.team) == ("ada", "mlp", "vision", "ml")
+    assert rep.start_time_seconds == BASE and rep.end_time_seconds == BASE + 300
+    assert rep.duration_seconds == 300
+    assert rep.energy_joules == pytest.approx(7.2e6)
+    assert rep.emissions_grams == pytest.approx(800)
+    assert rep.mean_intensity_grams_per_kwh == pytest.approx(400)
+    assert rep.components["gpu"].energy_joules == pytest.approx(5.4e6)
+    assert rep.components["memory"].emissions_grams == pytest.approx(40)
+    # Sources come from the node the run used (n1), not from n2 where it did not run.
+    assert rep.components["cpu"].sources == ["rapl"]
+    assert rep.components["gpu"].sources == ["nvml_counter"]
+    assert rep.components["memory"].sources == ["model"]
+    assert rep.zones == ["DE"]
+    assert rep.cost == {"EUR": pytest.approx(0.6)}
+    assert rep.budget_grams == 500
+    assert rep.budget_used_ratio == pytest.approx(1.6)
+    assert rep.forecast_grams == pytest.approx(800)  # ended: forecast is what it emitted
+    assert rep.epochs == 5 and rep.samples == pytest.approx(10000)
+    assert rep.joules_per_sample == pytest.approx(720)
+    assert rep.grams_per_epoch == pytest.approx(160)
+    car = next(f for f in FACTORS if f.name == "car_km")
+    assert rep.equivalents["car_km"] == pytest.approx(800 / car.grams_per_unit)
+    assert set(rep.equivalents) == {f.name for f in FACTORS}
+
+
+@pytest.mark.slow
+def test_a_running_run_reports_its_forecast_power_and_elapsed_time(prometheus_url: str) -> None:
+    rep = collect(Prometheus(prometheus_url), "r2", at=AT)
+    assert rep.status == "running"
+    assert rep.end_time_seconds is None
+    assert rep.duration_seconds == pytest.approx(AT - (BASE + 120))
+    assert rep.forecast_grams == 123
+    assert rep.power_watts == 250
+    assert rep.emissions_grams == pytest.approx(0.1 * 480)
+    assert rep.budget_grams is None and rep.budget_used_ratio is None
+    assert rep.zones == ["FR"]
+    table = render_table(rep)
+    assert "running" in table and "still running" in table and "bob" in table
+
+
+@pytest.mark.slow
+def test_an_unknown_run_is_a_clear_error(prometheus_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"run 'nope' is unknown to Prometheus at http://127\.0\.0\.1"):
+        collect(Prometheus(prometheus_url), "nope", at=AT)
+
+
+def test_an_unreachable_prometheus_is_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match=f"cannot reach Prometheus at {url}"):
+        collect(Prometheus(url, timeout=2), "r1")
+
+
+def test_bad_run_ids_and_urls_are_refused() -> None:
+    with pytest.raises(ConfigError, match="not a run id"):
+        collect(Prometheus("http://127.0.0.1:1"), 'x"}')
+    with pytest.raises(ConfigError, match="not an http"):
+        Prometheus("127.0.0.1:9090")
+
+
+@pytest.mark.slow
+def test_cli_prints_json_and_exits_2_on_an_unknown_run(prometheus_url: str) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "carbonwatch", "report", "r1", "--prometheus", prometheus_url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert data["run_id"] == "r1" and data["status"] == "succeeded"
+    assert data["emissions_grams"] == pytest.approx(800)
+    assert data["components"]["cpu"]["sources"] == ["rapl"]
+    assert "citation" in data["equivalent_sources"]["car_km"]
+    table = subprocess.run(
+        [sys.executable, "-m", "carbonwatch", "report", "r1", "--prometheus", prometheus_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0
+    assert "800.00 g CO2e" in table.stdout and "2.000 kWh" in table.stdout and "160.0 %" in table.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "carbonwatch", "report", "missing-run", "--prometheus", prometheus_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "missing-run" in bad.stderr and "unknown" in bad.stderr
+
+
+def test_formatting_picks_readable_units() -> None:
+    assert fmt_energy(7.2e6) == "2.000 kWh (7,200,000 J)"
+    assert fmt_energy(7200) == "2.00 Wh (7,200 J)"
+    assert fmt_energy(12.34) == "12.3 J"
+    assert fmt_grams(1500) == "1.500 kg CO2e"
+    assert fmt_grams(0.0123) == "12.30 mg CO2e"
+    assert fmt_duration(3725) == "1h02m05s" and fmt_duration(65) == "1m05s" and fmt_duration(None) == "-"
