@@ -33,6 +33,11 @@ if [ "$mode" = test ]; then
   # CPU build of PyTorch for the end-to-end training tests (installed from local disk where offered).
   $py -c 'import torch' 2>/dev/null || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
     || echo "setup: torch==2.13.0 not installable here; training tests will be skipped"
+  # The frameworks whose callbacks we ship, so their tests run against the real packages.
+  $py -c 'import lightning, transformers, accelerate, keras' 2>/dev/null \
+    || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' 'lightning==2.6.6' 'transformers==5.23.0' \
+         'accelerate==1.15.0' 'keras==3.15.1' \
+    || echo "setup: framework packages not installable here; their callback tests will be skipped"
 else
   $py -m pip install -q --disable-pip-version-check -e .
 fi

@@ -127,7 +127,8 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     """Apply a parsed YAML document to `cfg` (in place) and return it."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
-    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity"}
+    # `run` is the run client's section of a shared file (carbonwatch.client.settings validates it)
+    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run"}
     _unknown("", data, top)
     if "zone" in data:
         cfg.zone = validate_zone(data["zone"])

@@ -21,6 +21,7 @@ class Factor:
     unit: str  # what one unit is
     grams_per_unit: float
     citation: str
+    short: str = ""  # unit in a one-line summary
 
 
 FACTORS: tuple[Factor, ...] = (
@@ -31,6 +32,7 @@ FACTORS: tuple[Factor, ...] = (
         393.0 / KM_PER_MILE,
         "US EPA GHG Equivalencies Calculator (eGRID2022 edition): 3.93e-4 t CO2e per mile driven by an "
         "average gasoline passenger vehicle; km conversion ours",
+        "car-km",
     ),
     Factor(
         "smartphone_charges",
@@ -38,6 +40,7 @@ FACTORS: tuple[Factor, ...] = (
         # energy of one charge x US national delivered-electricity emission rate = 1.24e-5 t CO2
         12.4,
         "US EPA GHG Equivalencies Calculator (eGRID2022 edition): 1.24e-5 t CO2 per smartphone charged",
+        "smartphone charges",
     ),
     Factor(
         "tree_days",
@@ -46,8 +49,12 @@ FACTORS: tuple[Factor, ...] = (
         60000.0 / 3652.5,
         "US EPA GHG Equivalencies Calculator (eGRID2022 edition): 0.060 t CO2 per urban tree seedling "
         "grown for 10 years; per-day split ours",
+        "tree-days",
     ),
 )
+
+
+SOURCE = "US EPA Greenhouse Gas Equivalencies Calculator, eGRID2022 edition"
 
 
 def equivalents(grams: float) -> dict[str, float]:

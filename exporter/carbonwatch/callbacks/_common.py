@@ -1,0 +1,71 @@
+"""Shared part of the framework callbacks: own a Run, or report into one the script already has."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import numbers
+from typing import Any
+
+from carbonwatch.client.api import Run
+
+log = logging.getLogger("carbonwatch.client")
+
+
+def optional_base(*candidates: tuple[str, str]) -> Any:
+    """The first importable (module, attribute) of `candidates`, else `object`: the callbacks subclass the
+    framework's base class when it is installed and stay importable when it is not."""
+    for module, attr in candidates:
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+    return object
+
+
+class RunHolder:
+    """With `run=`, reports into that run and leaves ending it to its owner; else creates a Run from
+    `run_kwargs` when training starts and finishes it when training ends."""
+
+    def __init__(self, run: Run | None = None, **run_kwargs: Any) -> None:
+        self._given = run
+        self._kwargs = run_kwargs
+        self.run: Run | None = run
+        if run is None:
+            Run(**run_kwargs)  # validate labels now, where the user builds the callback (ConfigError)
+
+    def begin(self) -> None:
+        if self.run is None or (self._given is None and self.run._finished):
+            self.run = Run(**self._kwargs)
+        if self._given is None:
+            self.run.start()
+
+    def end(self, status: str = "succeeded") -> None:
+        if self.run is not None and self._given is None:
+            self.run.finish(status)
+
+
+def scalar_metrics(logs: dict[str, Any] | None) -> dict[str, Any]:
+    """The numeric entries of a framework's logs (numbers and 0-d tensors), with names kept as they are."""
+    out: dict[str, Any] = {}
+    for k, v in (logs or {}).items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, numbers.Number) or (hasattr(v, "numel") and getattr(v, "ndim", 1) == 0):
+            out[str(k)] = v
+    return out
+
+
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: the leading dimension of its first tensor or array, else 0."""
+    try:
+        while isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        if isinstance(batch, dict) and batch:
+            batch = next(iter(batch.values()))
+        shape = getattr(batch, "shape", None)
+        if shape is not None and len(shape) > 0:
+            return int(shape[0])
+    except Exception:
+        pass
+    return 0

@@ -1,0 +1,51 @@
+"""Keras callback: `model.fit(..., callbacks=[CarbonwatchCallback(user="alice", batch_size=32)])`.
+
+Keras does not pass the batch size to callbacks; give `batch_size` to count samples (else only steps are
+reported through the epoch). carbonwatch imports without keras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carbonwatch.callbacks._common import RunHolder, optional_base, scalar_metrics
+from carbonwatch.client.api import Run
+
+_Base: Any = optional_base(("keras.callbacks", "Callback"))
+
+
+class CarbonwatchCallback(_Base):  # type: ignore[misc]
+    def __init__(self, run: Run | None = None, batch_size: int | None = None, **run_kwargs: Any) -> None:
+        super().__init__()
+        self.holder = RunHolder(run, **run_kwargs)
+        self.batch_size = batch_size
+
+    @property
+    def run(self) -> Run | None:
+        return self.holder.run
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.holder.begin()
+        params = getattr(self, "params", None) or {}
+        if self.run is not None and params.get("epochs"):
+            self.run.total_epochs = int(params["epochs"])
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.run is not None:
+            self.run.epoch(epoch)
+            self.run.phase("train")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.run is not None:
+            self.run.progress(samples=self.batch_size or 0, **scalar_metrics(logs))
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.run is not None:
+            self.run.phase("eval")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.run is not None:
+            self.run.log(**scalar_metrics(logs))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.holder.end("succeeded")

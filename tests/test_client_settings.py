@@ -1,0 +1,92 @@
+"""Run client settings, labels, the runs file and the summary: no servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from carbonwatch.client import runsfile
+from carbonwatch.client.labels import validate_label, validate_metric_name, validate_run_id
+from carbonwatch.client.settings import default_runs_file, resolve
+from carbonwatch.client.summary import build_record, format_summary
+from carbonwatch.errors import ConfigError
+
+
+def test_precedence_is_file_then_env_then_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("zone: DE\nrun:\n  pushgateway: file:9091\n  project: from-file\n  retention: 2m\n"
+                   "intensity:\n  price_per_kwh: 0.3\n  currency: EUR\n")
+    env = {"CARBONWATCH_PROJECT": "from-env", "CARBONWATCH_USER": "carol"}
+    s = resolve({"pushgateway": "flag:9091"}, config_file=str(cfg), environ=env)
+    assert (s.pushgateway, s.project, s.user, s.zone, s.retention) == ("flag:9091", "from-env", "carol", "DE", 120)
+    assert (s.price_per_kwh, s.currency) == (0.3, "EUR")
+    assert not s.local_mode
+    assert resolve(environ={}).local_mode
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("run:\n  pushgatway: x\n", "run.pushgatway: unknown key"),
+        ("run:\n  retention: soon\n", "run.retention"),
+        ("run:\n  on_budget: explode\n", "run.on_budget"),
+        ("run:\n  local_meter: maybe\n", "run.local_meter"),
+        ("zone: 'not a zone!'\n", "zone"),
+        ("run: [1]\n", "run: expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        resolve(config_file=str(cfg), environ={})
+    assert str(err.value).startswith(named)
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="^CARBONWATCH_ZONE"):
+        resolve(environ={"CARBONWATCH_ZONE": "../x"})
+
+
+def test_label_rules() -> None:
+    assert validate_label("user", 'quote" and {braces}') == 'quote" and {braces}'
+    assert validate_label("user", "ünïcode") == "ünïcode"
+    for bad in ("a\nb", "x" * 129, "\x00", " lead"):
+        with pytest.raises(ConfigError, match="^user"):
+            validate_label("user", bad)
+    assert validate_run_id("2024-01-01T10:00_a@b+c") == "2024-01-01T10:00_a@b+c"
+    for bad in ("", "-x", "a/b", "a b", "x" * 129):
+        with pytest.raises(ConfigError, match="^run_id"):
+            validate_run_id(bad)
+    validate_metric_name("val/loss")
+    with pytest.raises(ConfigError, match="^phase"):
+        validate_metric_name("9lives", "phase")
+
+
+def test_runs_file_appends_skips_broken_lines_and_writes_csv(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "runs.jsonl"
+    rec = build_record(labels={"run_id": "a", "user": "u"}, status="succeeded", exit_code=0, start_time=10.0,
+                       end_time=70.0, energy_joules={"cpu": 3.6e6, "memory": 0.0}, sources={"cpu": "rapl"},
+                       zone="DE", grams_per_kwh=400.0, intensity_source="table:owid-2023", price_per_kwh=0.25,
+                       currency="EUR", budget_grams=800.0)
+    runsfile.append(path, rec)
+    with path.open("a") as f:
+        f.write('{"truncated": \n')
+    runsfile.append(path, dict(rec, run_id="b"))
+    got = runsfile.read(path)
+    assert [r["run_id"] for r in got] == ["a", "b"]
+    assert got[0]["emissions_grams"] == pytest.approx(400.0) and got[0]["cost"] == pytest.approx(0.25)
+    csv_text = runsfile.to_csv(got)
+    assert csv_text.splitlines()[1].startswith("a,u,")
+    assert "3600000.0" in csv_text
+    text = format_summary(got[0])
+    assert "1.000 kWh" in text and "400 g CO2e" in text and "0.2500 EUR" in text and "50.0% used" in text
+    assert "[rapl]" in text and "EPA" in text
+    json.dumps(got)  # stays JSON
+
+
+def test_default_runs_file_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_runs_file() == tmp_path / "carbonwatch" / "runs.jsonl"
