@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _float_to_go_string
 
 from carbonwatch.metrics import BY_NAME
 from carbonwatch.model import Snapshot
@@ -97,6 +97,10 @@ class SnapshotCollector(Collector):
         for name, st in sorted(snap.collectors.items()):
             f["carbonwatch_collector_success"].add_metric([name], 1.0 if st.success else 0.0)
             f["carbonwatch_collector_duration_seconds"].add_metric([name], st.duration_seconds)
+
+
+def floatToGoString(value: float) -> str:  # noqa: N802 (the library's name)
+    return str(_float_to_go_string(value))  # type: ignore[no-untyped-call]
 
 
 def _escape_value(v: str) -> str:
