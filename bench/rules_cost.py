@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,7 +74,7 @@ def free_port() -> int:
 
 
 def metric(base: str, expr: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{base}/api/v1/query?query={urllib.request.quote(expr)}", timeout=30) as r:
+    with urllib.request.urlopen(f"{base}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=30) as r:
         return list(json.load(r)["data"]["result"])
 
 
@@ -137,8 +138,8 @@ def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
                          for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
             slowest = sorted(rules, key=lambda x: -x[2])[:8]
             print("  slowest rules:")
-            for g, name, secs in slowest:
-                print(f"    {secs:.3f} s  {g}  {name}")
+            for group, name, secs in slowest:
+                print(f"    {secs:.3f} s  {group}  {name}")
         finally:
             proc.terminate()
             try:

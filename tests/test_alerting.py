@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -201,7 +202,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def query(base: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?query={urllib.request.quote(expr)}"
+    url = f"{base}/api/v1/query?query={urllib.parse.quote(expr)}"
     with urllib.request.urlopen(url, timeout=5) as r:
         return list(json.load(r)["data"]["result"])
 
