@@ -25,6 +25,7 @@ from pathlib import Path
 from carbonwatch.config import DEFAULT_SPOOL_DIR
 from carbonwatch.errors import ConfigError
 
+# run_id is part of the Pushgateway URL (grouping key) and of file names: a conservative alphabet.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 MAX_FILE_BYTES = 4096
 

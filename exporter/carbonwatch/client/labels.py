@@ -9,21 +9,13 @@ from __future__ import annotations
 import re
 
 from carbonwatch.errors import ConfigError
+from carbonwatch.registration import RUN_ID_RE, validate_run_id  # one rule for run ids everywhere
+
+__all__ = ["RUN_ID_RE", "validate_label", "validate_metric_name", "validate_run_id"]
 
 MAX_LABEL_LENGTH = 128
-# run_id is part of the Pushgateway URL (grouping key) and of file names: a conservative alphabet.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")  # as carbonwatch.registration
 # Names of user training metrics (the `name` label of carbonwatch_run_metric) and phases.
 METRIC_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$")
-
-
-def validate_run_id(value: object) -> str:
-    if not isinstance(value, str) or not RUN_ID_RE.match(value):
-        raise ConfigError(
-            f"run_id: {value!r} is not a valid run id (1-128 characters: letters, digits and _ . : @ + -, "
-            "starting with a letter or digit)"
-        )
-    return value
 
 
 def validate_label(label: str, value: object, allow_empty: bool = True) -> str:

@@ -11,11 +11,11 @@ import os
 from collections.abc import Iterable
 
 from carbonwatch.model import CpuTimes, ProcessReading, SourceError
+from carbonwatch.registration import RUN_ID_RE
 
 RUN_ENV = b"CARBONWATCH_RUN_ID="
 _TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-MAX_RUN_ID_LEN = 128
 
 
 def _read(path: str, limit: int = 65536) -> bytes:
@@ -45,9 +45,7 @@ def run_id_from_environ(raw: bytes) -> str | None:
     for entry in raw.split(b"\0"):
         if entry.startswith(RUN_ENV):
             value = entry[len(RUN_ENV) :].decode("utf-8", "replace")
-            if 0 < len(value) <= MAX_RUN_ID_LEN and value.isprintable():
-                return value
-            return None
+            return value if RUN_ID_RE.match(value) else None  # the rule the run client enforces
     return None
 
 
