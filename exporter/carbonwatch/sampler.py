@@ -501,6 +501,8 @@ class Sampler:
         for run in self._runs.values():
             run.power_watts = {c: 0.0 for c in self._components}
             run.live_processes = 0
+            for comp in self._components:  # every component this node measures, even if 0 for this run
+                run.energy_joules.setdefault(comp, 0.0)
         for acc in fresh.values():
             if acc.run_id:
                 run = self._runs[acc.run_id]

@@ -100,7 +100,8 @@ def format_summary(rec: dict[str, Any]) -> str:
             lines.append(f"  energy {comp:<7}{_energy(float(j))}  [{sources.get(comp, '?')}]")
         lines.append(f"  energy total  {_energy(sum(float(v) for v in energy.values()))}")
     else:
-        lines.append("  energy        not measured in this process (see Prometheus / Grafana)")
+        lines.append("  energy        not measured here (the run ended before the first sample, or a node exporter "
+                     "measures it: see Prometheus / Grafana)")
     grams = _grams(float(rec.get("emissions_grams") or 0.0))
     lines.append(
         f"  emissions     {grams} CO2e at {rec.get('intensity_grams_per_kwh'):g} g/kWh "
