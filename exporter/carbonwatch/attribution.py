@@ -4,8 +4,9 @@ Every split returns the parts and the unattributed rest, computed as `total - su
 within one sample sum(process) + unattributed == device, per component, by construction.
 
 - CPU: a process gets `dE * its CPU seconds / all CPU seconds the machine had` (busy and idle, all
-  cores). A process using every core fully takes all of the package energy; idle time, kernel work and
-  processes that ended inside the interval stay unattributed.
+  cores). A process using every core fully takes all of the package energy. The sampler gives busy time it
+  cannot place on one process (not read this interval, ended, kernel threads) to pid="other"; idle time
+  stays unattributed.
 - GPU: each GPU's energy goes to the processes on it, by their share of SM utilisation; when no process
   shows SM time (NVML has no sample, or the work is memory-bound) by share of GPU memory used; with no
   process on the GPU it is unattributed. A run that holds a GPU therefore pays for its idle power.
