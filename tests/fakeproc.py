@@ -35,6 +35,15 @@ class FakeProc:
         (d / "environ").write_bytes(env)
         self.procs[pid] = {"ppid": ppid, "comm": comm, "start": start, "rss": rss, "cpu": cpu}
         self._write_proc(pid)
+        self._write_children(ppid)
+
+    def _write_children(self, ppid: int) -> None:
+        if ppid not in self.procs:
+            return
+        kids = [str(p) for p, v in self.procs.items() if v["ppid"] == ppid]
+        task = self.root / str(ppid) / "task" / str(ppid)
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "children").write_text(" ".join(kids) + (" " if kids else ""))
 
     def _write_proc(self, pid: int) -> None:
         p = self.procs[pid]
@@ -56,8 +65,8 @@ class FakeProc:
         self._write_stat()
 
     def kill(self, pid: int) -> None:
-        d = self.root / str(pid)
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-        del self.procs[pid]
+        import shutil
+
+        shutil.rmtree(self.root / str(pid))
+        ppid = int(self.procs.pop(pid)["ppid"])  # type: ignore[call-overload]
+        self._write_children(ppid)

@@ -70,7 +70,7 @@ def make(tmp_path, top_n=20, linger=300.0, rapl=None, gpus=None, regs=()):
     clock = Clock()
     src = Sources(procs=ProcScanner(str(tmp_path / "proc")), nvml=gpus, rapl=rapl, rapl_expected=rapl is not None,
                   cpu_model=FlatModel(), memory_model=FlatModel(4.0))
-    s = Sampler(cfg, src, clock=clock, wall=lambda: 1.7e9 + clock.t, static_registrations=regs)
+    s = Sampler(cfg, src, clock=clock, wall=lambda: 1.7e9 + clock.t, static_registrations=regs, boot_clock=clock)
     return proc, clock, s
 
 
@@ -262,3 +262,33 @@ def test_top_n_folds_the_rest_into_other_and_sums_still_hold(tmp_path):
     assert -1 in pids  # the folded rest
     assert len(pids) == 1 + 2 + 1
     check_sums(snap)
+
+
+def test_between_full_scans_only_followed_processes_are_read_and_new_run_children_are_found(tmp_path):
+    rapl = FakeRapl(1)
+    proc, clock, s = make(tmp_path, rapl=rapl, top_n=1)
+    s.cfg.process.scan_interval = 100.0  # one full scan (the baseline), then the fast path
+    proc.spawn(100, comm="train", run_id="r1")
+    proc.spawn(200, comm="busy", cpu=50.0)  # the top 1 at the baseline: most CPU so far
+    proc.spawn(300, comm="quiet", cpu=1.0)
+    s.sample_once()
+    clock.t += 1.0
+    proc.run(1.0, {100: 1.0, 200: 1.0})
+    rapl.pkg = [40.0]
+    snap = s.sample_once()
+    assert {p.pid for p in snap.processes} == {100, 200, -1}
+    # a DataLoader worker starts: found through its parent's children list, its CPU counted to the run
+    clock.t += 1.0
+    proc.spawn(101, ppid=100, comm="worker", start=clock.t - 0.5)
+    proc.run(1.0, {100: 1.0, 101: 1.0, 300: 1.0})  # pid 300, not followed, turns busy
+    rapl.pkg = [80.0]
+    snap = s.sample_once()
+    check_sums(snap)
+    by_pid = {p.pid: p for p in snap.processes}
+    assert by_pid[101].run_id == "r1"
+    assert by_pid[101].power_watts["cpu"] == pytest.approx(10.0)  # 1 of 4 CPU-seconds of 40 J
+    assert 300 not in by_pid  # not read until the next full scan
+    # the unfollowed busy process's time goes to pid="other" from /proc/stat, idle stays unattributed
+    assert by_pid[-1].power_watts["cpu"] == pytest.approx(10.0)
+    assert snap.unattributed_power_watts["cpu"] == pytest.approx(10.0)
+    assert {r.run_id: r for r in snap.runs}["r1"].power_watts["cpu"] == pytest.approx(20.0)

@@ -177,7 +177,12 @@ class Sampler:
         gpus = self._read_gpus(status)
         full = self._last_full is None or t - self._last_full >= self.cfg.process.scan_interval
         gpu_pids = {p.pid for g in gpus for p in g.processes}
-        procs, cpu_times = self._read_procs(status, None if full else self._tracked_pids() | gpu_pids)
+        pids = None
+        if not full:
+            pids = self._tracked_pids() | gpu_pids
+            if self.s.procs is not None:
+                pids |= self.s.procs.children(k[0] for k, a in self._procs.items() if a.run_id)
+        procs, cpu_times = self._read_procs(status, pids)
         boot_now = self.boot_clock()
         other: dict[str, float] = {"gpu": 0.0, "cpu": 0.0, "memory": 0.0}
 
@@ -292,7 +297,8 @@ class Sampler:
             if p.run_id:
                 continue
             before = self._full_cpu.get(k)
-            rate = (p.cpu_seconds - before) / span if (before is not None and span > 0) else 0.0
+            # CPU rate since the previous full scan; at the first one, lifetime CPU seconds as the best guess
+            rate = (p.cpu_seconds - before) / span if (before is not None and span > 0) else p.cpu_seconds
             rates.append((rate, k))
             folded_rss += p.rss_bytes
         rates.sort(reverse=True)

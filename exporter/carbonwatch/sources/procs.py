@@ -90,6 +90,18 @@ class ProcScanner:
                 return int(line.split()[1]) * 1024
         raise SourceError(f"{self.proc_root}/meminfo has no MemTotal")
 
+    def children(self, pids: Iterable[int]) -> set[int]:
+        """Direct children of `pids` (their main thread's /proc/PID/task/PID/children): how new
+        processes of a run (DataLoader workers, ranks) are found between full scans."""
+        out: set[int] = set()
+        for pid in pids:
+            try:
+                raw = _read(f"{self.proc_root}/{pid}/task/{pid}/children")
+            except OSError:
+                continue
+            out.update(int(c) for c in raw.split())
+        return out
+
     def read(self, pids: Iterable[int] | None = None) -> list[ProcessReading]:
         """Every process (`pids` None: a full scan), or only `pids` (the fast path between full scans)."""
         out: list[ProcessReading] = []
