@@ -11,7 +11,7 @@ import threading
 
 from carbonwatch.config import ExporterConfig
 from carbonwatch.model import RunState
-from carbonwatch.registration import Registration, _start_time
+from carbonwatch.registration import Registration, process_start_time
 from carbonwatch.sampler import Sampler, Sources, build_sources
 
 
@@ -31,7 +31,7 @@ class LocalMeter:
         if sources is None:
             sources = build_sources(cfg)
             sources.registrations = None  # only this tree: the spool directory is the exporter's business
-        reg = Registration(run_id, root_pid, _start_time(root_pid, cfg.process.proc_root))
+        reg = Registration(run_id, root_pid, process_start_time(root_pid, cfg.process.proc_root))
         self.sampler = Sampler(cfg, sources, static_registrations=[reg], only_runs=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -43,7 +43,7 @@ def validate_run_id(run_id: object, what: str = "run_id") -> str:
     return run_id
 
 
-def _start_time(pid: int, proc_root: str = "/proc") -> float | None:
+def process_start_time(pid: int, proc_root: str = "/proc") -> float | None:
     from carbonwatch.sources.procs import parse_stat
 
     try:
@@ -63,7 +63,7 @@ def register(run_id: str, pid: int | None = None, spool: str | None = None) -> P
         os.chmod(d, 0o1777)  # shared by users, like /tmp: sticky, so only owners remove their files
     except PermissionError:
         pass
-    body = {"run_id": run_id, "pid": pid, "start_time": _start_time(pid)}
+    body = {"run_id": run_id, "pid": pid, "start_time": process_start_time(pid)}
     fd, tmp = tempfile.mkstemp(prefix=".reg-", dir=d)
     with os.fdopen(fd, "w") as f:
         json.dump(body, f)
@@ -145,7 +145,7 @@ class RegistrationReader:
             return None, ""  # process gone: the run ended
         if st.st_uid not in (0, proc_uid):
             return None, f"owned by uid {st.st_uid}, but pid {pid} belongs to uid {proc_uid}"
-        actual = _start_time(pid, self.proc_root)
+        actual = process_start_time(pid, self.proc_root)
         if start is not None and actual is not None and abs(actual - float(start)) > 0.05:
             self._remove_stale(entry.path)
             return None, ""  # pid reused by another process

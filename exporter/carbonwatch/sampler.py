@@ -34,6 +34,7 @@ from carbonwatch.model import (
     SourceError,
 )
 from carbonwatch.registration import Registration, RegistrationReader
+from carbonwatch.sources.memory import read_mem_total_bytes
 from carbonwatch.sources.procs import ProcScanner
 
 log = logging.getLogger("carbonwatch.sampler")
@@ -219,9 +220,10 @@ class Sampler:
         if self.cfg.collectors.get("memory", True):
             mem_de = self._memory_energy(rapl, dt, devices, status)
             if mem_de is not None:
-                if not self.mem_total and self.s.procs is not None:
+                if not self.mem_total:
                     try:
-                        self.mem_total = self.s.procs.mem_total_bytes()
+                        root = self.s.procs.proc_root if self.s.procs is not None else self.cfg.process.proc_root
+                        self.mem_total = read_mem_total_bytes(root)
                     except SourceError:
                         self.mem_total = 0
                 parts, rest = attribution.split_by_capacity(

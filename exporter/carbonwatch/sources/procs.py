@@ -80,16 +80,6 @@ class ProcScanner:
             raise SourceError(f"{self.proc_root}/stat has no aggregate cpu line")
         return CpuTimes(total=total, busy=busy, ncpu=max(ncpu, 1))
 
-    def mem_total_bytes(self) -> int:
-        try:
-            raw = _read(os.path.join(self.proc_root, "meminfo"))
-        except OSError as exc:
-            raise SourceError(f"cannot read {self.proc_root}/meminfo: {exc.strerror}") from None
-        for line in raw.split(b"\n"):
-            if line.startswith(b"MemTotal:"):
-                return int(line.split()[1]) * 1024
-        raise SourceError(f"{self.proc_root}/meminfo has no MemTotal")
-
     def children(self, pids: Iterable[int]) -> set[int]:
         """Direct children of `pids` (their main thread's /proc/PID/task/PID/children): how new
         processes of a run (DataLoader workers, ranks) are found between full scans."""
