@@ -21,6 +21,11 @@ class SourceError(Exception):
     """A source could not be read. The sampler marks its collector failed and carries on."""
 
 
+class FatalSourceError(Exception):
+    """A source can never work again in this process (e.g. the NVML library no longer matches the loaded
+    driver after an upgrade): the exporter logs the message and exits non-zero so its supervisor restarts it."""
+
+
 @dataclass(frozen=True)
 class GpuProcessUse:
     """One process on one GPU, as NVML reports it."""
