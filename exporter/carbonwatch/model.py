@@ -21,6 +21,11 @@ class SourceError(Exception):
     """A source could not be read. The sampler marks its collector failed and carries on."""
 
 
+class SourceAbsent(SourceError):
+    """The device this source measures is not on this node (no NVIDIA driver or library, no GPU, no powercap
+    tree). Not a failure: the collector reports success with zero devices and says why."""
+
+
 class FatalSourceError(Exception):
     """A source can never work again in this process (e.g. the NVML library no longer matches the loaded
     driver after an upgrade): the exporter logs the message and exits non-zero so its supervisor restarts it."""
@@ -67,6 +72,9 @@ class ProcessReading:
     rss_bytes: int
     start_time: float  # process start, seconds since boot (ticks / CLK_TCK): pid + start is an identity
     run_id: str | None  # from CARBONWATCH_RUN_ID in its environment, or None (unknown / unreadable)
+    # Selected variables of its environment (CARBONWATCH_*, SLURM_*), read once per process; empty if unreadable.
+    environ: tuple[tuple[str, str], ...] = ()
+    cgroup: str = ""  # /proc/PID/cgroup as read once per process ("" if unreadable)
 
 
 @dataclass
