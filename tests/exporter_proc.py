@@ -46,6 +46,7 @@ def start_exporter(tmp: Path, config: dict, env: dict[str, str] | None = None, a
     cfg_path = tmp / "exporter.yml"
     config = dict(config)
     config.setdefault("web", {"listen_address": "127.0.0.1:0"})
+    config.setdefault("storage", {"path": str(tmp / "state")})  # never the node's /var/lib/carbonwatch
     cfg_path.write_text(yaml.safe_dump(config))
     log_path = tmp / "exporter.log"
     full_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -10,9 +10,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
 from carbonwatch.metrics import BY_NAME
-from carbonwatch.model import Snapshot
+from carbonwatch.model import COMPONENTS, CollectorStatus, Snapshot
 
-COMPONENTS = ("gpu", "cpu", "memory")
+RUN_LABELS = ("user", "project", "model", "team")
 
 
 def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
@@ -29,11 +29,17 @@ class SnapshotCollector(Collector):
         node_labels: Callable[[], dict[str, str]],
         sample_interval: float,
         environ_unreadable: Callable[[], int] = lambda: 0,
+        state: Callable[[], tuple[str, int, float | None]] | None = None,
+        devices: Callable[[], dict[str, int]] = dict,
+        disabled: Iterable[str] = (),
     ) -> None:
         self._snapshot = snapshot
         self._node_labels = node_labels
         self._interval = sample_interval
         self._environ_unreadable = environ_unreadable
+        self._state = state  # () -> (restore status, write failures, last write time)
+        self._devices = devices
+        self._disabled = tuple(disabled)
 
     def describe(self) -> list[Metric]:
         return []  # registering never touches the hardware
@@ -44,6 +50,16 @@ class SnapshotCollector(Collector):
         f["carbonwatch_node_info"].add_metric([labels.get(k, "") for k in BY_NAME["carbonwatch_node_info"].labels], 1)
         f["carbonwatch_sample_interval_seconds"].add_metric([], self._interval)
         f["carbonwatch_process_environ_unreadable"].add_metric([], self._environ_unreadable())
+        if self._state is not None:
+            restore, failures, last_write = self._state()
+            f["carbonwatch_state_restore_status"].add_metric([restore], 1)
+            f["carbonwatch_state_write_failures"].add_metric([], failures)
+            if last_write is not None:
+                f["carbonwatch_state_last_write_timestamp_seconds"].add_metric([], last_write)
+        for name, count in sorted(self._devices().items()):
+            f["carbonwatch_collector_devices"].add_metric([name], count)
+        for name in self._disabled:
+            f["carbonwatch_collector_info"].add_metric([name, "disabled", "turned off in the configuration"], 1)
         snap = self._snapshot()
         if snap is not None:
             self._fill(f, snap)
@@ -81,11 +97,30 @@ class SnapshotCollector(Collector):
                 f["carbonwatch_process_power_watts"].add_metric(lv, p.power_watts.get(comp, 0.0))
                 f["carbonwatch_process_energy_joules"].add_metric(lv, p.energy_joules.get(comp, 0.0))
         for r in snap.runs:
+            f["carbonwatch_run_info"].add_metric([r.run_id, r.origin] + [r.labels.get(k, "") for k in RUN_LABELS], 1)
             for comp in COMPONENTS:
                 if comp not in r.energy_joules:
                     continue
                 f["carbonwatch_run_power_watts"].add_metric([r.run_id, comp], r.power_watts.get(comp, 0.0))
                 f["carbonwatch_run_energy_joules"].add_metric([r.run_id, comp], r.energy_joules.get(comp, 0.0))
+                if comp in r.emissions_grams:
+                    f["carbonwatch_run_emissions_grams"].add_metric([r.run_id, comp], r.emissions_grams[comp])
+        for c in snap.containers:
+            for comp in COMPONENTS:
+                if comp in c.energy_joules:
+                    lv = [c.namespace, c.pod, c.container, comp]
+                    f["carbonwatch_container_energy_joules"].add_metric(lv, c.energy_joules[comp])
+                    if comp in c.emissions_grams:
+                        f["carbonwatch_container_emissions_grams"].add_metric(lv, c.emissions_grams[comp])
+        for comp in COMPONENTS:
+            if comp in snap.node_energy_joules:
+                f["carbonwatch_energy_joules"].add_metric([comp], snap.node_energy_joules[comp])
+            if comp in snap.node_emissions_grams:
+                f["carbonwatch_emissions_grams"].add_metric([comp], snap.node_emissions_grams[comp])
+        if snap.intensity is not None:
+            f["carbonwatch_node_intensity_grams_per_kwh"].add_metric(
+                [snap.intensity.zone, snap.intensity.source], snap.intensity.grams_per_kwh
+            )
         for comp in COMPONENTS:
             if comp in present:
                 f["carbonwatch_unattributed_power_watts"].add_metric(
@@ -97,6 +132,13 @@ class SnapshotCollector(Collector):
         for name, st in sorted(snap.collectors.items()):
             f["carbonwatch_collector_success"].add_metric([name], 1.0 if st.success else 0.0)
             f["carbonwatch_collector_duration_seconds"].add_metric([name], st.duration_seconds)
+            f["carbonwatch_collector_info"].add_metric([name, _status(st), st.error[:500]], 1)
+
+
+def _status(st: CollectorStatus) -> str:
+    if st.absent:
+        return "absent"
+    return "ok" if st.success else "failed"
 
 
 def floatToGoString(value: float) -> str:  # noqa: N802 (the library's name)

@@ -55,8 +55,54 @@ class ProcessConfig:
 
 
 @dataclass
+class StorageConfig:
+    path: str = "/var/lib/carbonwatch"  # directory of the state file that keeps the counters across restarts
+    interval: float = 2.0  # how often the state file is written: a kill -9 loses at most this much counting
+
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DEFAULT_POD_LABELS: dict[str, tuple[str, ...]] = {
+    "run_id": ("carbonwatch.dev/run-id",),
+    "user": ("carbonwatch.dev/user",),
+    "project": ("carbonwatch.dev/project",),
+    "model": ("carbonwatch.dev/model",),
+    "team": ("carbonwatch.dev/team",),
+}
+# A Kubernetes label key: optional DNS-subdomain prefix and '/', then a name of 1-63 characters.
+_LABEL_KEY_RE = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
+SLURM_CLUSTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class KubernetesConfig:
+    """Pods on this node, from the kubelet's read-only pod list (see docs/kubernetes.md)."""
+
+    enabled: str = "auto"  # true | false | auto: on inside a cluster (KUBERNETES_SERVICE_HOST or an SA token)
+    kubelet_url: str = ""  # "" = CARBONWATCH_KUBELET_URL, else https://$NODE_IP:10250
+    token_file: str = f"{SA_DIR}/token"
+    ca_file: str = f"{SA_DIR}/ca.crt"
+    insecure_skip_verify: bool = False  # kubelets with self-signed serving certificates (kubeadm's default)
+    refresh_interval: float = 30.0
+    timeout: float = 10.0
+    # pod label keys tried in order for each run label; the run id falls back to the training job, then the pod
+    pod_labels: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_POD_LABELS))
+    pod_runs: bool = True  # a pod without a run-id label or a training job is a run of its own
+    exclude_namespaces: tuple[str, ...] = ("kube-system",)  # never runs (their containers are still measured)
+
+
+@dataclass
+class SlurmConfig:
+    enabled: bool = True  # jobs found by SLURM_JOB_ID or their /slurm/uid_N/job_M cgroup
+    cluster: str = ""  # "" = SLURM_CLUSTER_NAME of the exporter's environment, else "default"
+
+
+@dataclass
 class ExporterConfig:
     listen_address: str = ":9860"
+    web_config_file: str = ""  # exporter-toolkit web configuration (TLS, basic auth); see carbonwatch.web
     sample_interval: float = 1.0
     zone: str = "world"
     collectors: dict[str, bool] = field(default_factory=lambda: {c: True for c in COLLECTORS})
@@ -64,7 +110,10 @@ class ExporterConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     intensity: dict[str, Any] = field(default_factory=dict)  # validated by carbonwatch.intensity
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def listen_host_port(self) -> tuple[str, int]:
         return parse_listen_address(self.listen_address)
@@ -128,17 +177,20 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     # `run` is the run client's section of a shared file (carbonwatch.client.settings validates it)
-    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run"}
+    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
+           "storage"}
     _unknown("", data, top)
     if "zone" in data:
         cfg.zone = validate_zone(data["zone"])
     if "sample_interval" in data:
         cfg.sample_interval = parse_duration(data["sample_interval"], "sample_interval")
     web = _section(data, "web")
-    _unknown("web", web, {"listen_address"})
+    _unknown("web", web, {"listen_address", "config_file"})
     if "listen_address" in web:
         cfg.listen_address = str(_check_type("web.listen_address", web["listen_address"], str))
         parse_listen_address(cfg.listen_address)
+    if web.get("config_file") is not None:
+        cfg.web_config_file = str(_check_type("web.config_file", web["config_file"], str))
     cols = _section(data, "collectors")
     _unknown("collectors", cols, set(COLLECTORS))
     for name, on in cols.items():
@@ -183,9 +235,84 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
         cfg.process.run_linger = parse_duration(proc["run_linger"], "process.run_linger")
     if "scan_interval" in proc:
         cfg.process.scan_interval = parse_duration(proc["scan_interval"], "process.scan_interval")
+    storage = _section(data, "storage")
+    _unknown("storage", storage, {f.name for f in fields(StorageConfig)})
+    if "path" in storage:
+        cfg.storage.path = str(_check_type("storage.path", storage["path"], str))
+        if not cfg.storage.path.strip():
+            raise ConfigError("storage.path: must not be empty")
+    if "interval" in storage:
+        cfg.storage.interval = parse_duration(storage["interval"], "storage.interval")
+        if not 0.1 <= cfg.storage.interval <= 60:
+            raise ConfigError(f"storage.interval: must be between 100ms and 60s, got {storage['interval']!r}")
     if "intensity" in data:
         cfg.intensity = dict(_section(data, "intensity"))
+    _apply_kubernetes(cfg.kubernetes, _section(data, "kubernetes"))
+    _apply_slurm(cfg.slurm, _section(data, "slurm"))
     return cfg
+
+
+def _label_keys(key: str, value: Any) -> tuple[str, ...]:
+    keys = [value] if isinstance(value, str) else value
+    if not isinstance(keys, list) or not keys:
+        raise ConfigError(f"{key}: expected a pod label key or a non-empty list of them, got {value!r}")
+    for k in keys:
+        if not isinstance(k, str) or len(k) > 317 or not _LABEL_KEY_RE.match(k):
+            raise ConfigError(f"{key}: {k!r} is not a Kubernetes label key (e.g. carbonwatch.dev/user)")
+    return tuple(keys)
+
+
+def _apply_kubernetes(k8s: KubernetesConfig, data: Mapping[str, Any]) -> None:
+    _unknown("kubernetes", data, {f.name for f in fields(KubernetesConfig)})
+    if "enabled" in data:
+        v = data["enabled"]
+        k8s.enabled = ("true" if v else "false") if isinstance(v, bool) else _choice(
+            "kubernetes.enabled", v, ("auto", "true", "false"))
+    for key in ("kubelet_url", "token_file", "ca_file"):
+        if key in data:
+            setattr(k8s, key, str(_check_type(f"kubernetes.{key}", data[key], str)))
+    if k8s.kubelet_url and not re.match(r"^https?://[^/\s]+/?$", k8s.kubelet_url):
+        raise ConfigError(
+            f"kubernetes.kubelet_url: {k8s.kubelet_url!r} is not http(s)://HOST:PORT (e.g. https://10.0.0.5:10250)")
+    if "insecure_skip_verify" in data:
+        k8s.insecure_skip_verify = bool(
+            _check_type("kubernetes.insecure_skip_verify", data["insecure_skip_verify"], bool))
+    for key in ("refresh_interval", "timeout"):
+        if key in data:
+            v = parse_duration(data[key], f"kubernetes.{key}")
+            if not 0.1 <= v <= 3600:
+                raise ConfigError(f"kubernetes.{key}: must be between 100ms and 1h, got {data[key]!r}")
+            setattr(k8s, key, v)
+    labels = data.get("pod_labels") or {}
+    if not isinstance(labels, Mapping):
+        raise ConfigError(f"kubernetes.pod_labels: expected a mapping, got {type(labels).__name__}")
+    if labels:
+        _unknown("kubernetes.pod_labels", labels, set(DEFAULT_POD_LABELS))
+        for name, value in labels.items():
+            k8s.pod_labels[name] = _label_keys(f"kubernetes.pod_labels.{name}", value)
+    if "pod_runs" in data:
+        k8s.pod_runs = bool(_check_type("kubernetes.pod_runs", data["pod_runs"], bool))
+    if "exclude_namespaces" in data:
+        v = _check_type("kubernetes.exclude_namespaces", data["exclude_namespaces"], list)
+        for ns in v:
+            if not isinstance(ns, str) or not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", ns):
+                raise ConfigError(f"kubernetes.exclude_namespaces: {ns!r} is not a namespace name")
+        k8s.exclude_namespaces = tuple(v)
+
+
+def _apply_slurm(slurm: SlurmConfig, data: Mapping[str, Any]) -> None:
+    _unknown("slurm", data, {f.name for f in fields(SlurmConfig)})
+    if "enabled" in data:
+        slurm.enabled = bool(_check_type("slurm.enabled", data["enabled"], bool))
+    if "cluster" in data:
+        slurm.cluster = validate_slurm_cluster(data["cluster"])
+
+
+def validate_slurm_cluster(value: Any, what: str = "slurm.cluster") -> str:
+    if not isinstance(value, str) or not SLURM_CLUSTER_RE.match(value):
+        raise ConfigError(
+            f"{what}: {value!r} is not a cluster name (1-64 letters, digits, '_', '.', '-'; part of run ids)")
+    return value
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:

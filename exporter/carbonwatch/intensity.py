@@ -56,6 +56,9 @@ CONFIG_KEYS = frozenset(
         "timeout",
         "retries",
         "price_per_kwh",
+        "feed_url",
+        "refresh_interval",
+        "max_stale",
         "currency",
     }
 )

@@ -1,86 +1,43 @@
 """The exporter's `intensity` collector: grid carbon intensity and electricity price per zone.
 
-Every node publishes the value for its own zone (the bundled table: no network). For live data, one
-instance per fleet is configured with a live provider and the list of zones; the recording rules pick,
-per zone, a live source over the table (prometheus/rules/carbonwatch.rules.yml), so a fleet of 1,000
-nodes makes one set of API calls, not 1,000.
+Every node publishes the value for its own zone. For live data, one instance per fleet is configured with a
+live provider and the list of zones, and serves them to the other nodes (`intensity.feed_url`, see
+carbonwatch.intensity_feed) and to Prometheus. A scrape only reads the feed's cache: it never waits on a
+provider, and the refresh's health is served beside the values.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from carbonwatch.intensity import (
-    FALLBACK_SOURCE,
-    IntensityProvider,
-    IntensityReading,
-    TableProvider,
-    normalise_zone,
-    provider_from_config,
-    settings_from_config,
-)
-
-log = logging.getLogger(__name__)
+from carbonwatch.intensity import normalise_zone
+from carbonwatch.intensity_feed import IntensityFeed
 
 
 class IntensityCollector(Collector):
-    """`IntensityCollector(provider, zones, prices)`: on each scrape asks `provider` (which caches) for
-    every zone and yields `carbonwatch_grid_carbon_intensity_grams_per_kwh{zone,source}` and
-    `carbonwatch_electricity_price_per_kwh{zone,currency}` (for zones with a configured price)."""
+    """Yields `carbonwatch_grid_carbon_intensity_grams_per_kwh{zone,source}` for every zone the feed
+    refreshes, `carbonwatch_electricity_price_per_kwh{zone,currency}` for zones with a configured price, and
+    the refresh's health."""
 
-    def __init__(
-        self,
-        provider: IntensityProvider,
-        zones: list[str],
-        prices: Mapping[str, tuple[float, str]] | None = None,
-    ):
-        self.provider = provider
-        self.zones = [normalise_zone(z) for z in zones] or [normalise_zone(None)]
+    def __init__(self, feed: IntensityFeed, prices: Mapping[str, tuple[float, str]] | None = None) -> None:
+        self.feed = feed
         self.prices = {normalise_zone(z): v for z, v in (prices or {}).items()}
-        self._table = TableProvider()
-        self.last_duration_seconds = 0.0
-        self.last_success = True
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None, node_zone: str | None = None) -> IntensityCollector:
-        """From the `intensity` config section (or a whole config holding one) and the node's zone."""
-        settings = settings_from_config(cfg, node_zone)
-        return cls(provider_from_config(cfg), settings.zones, settings.prices)
 
     def describe(self) -> Iterable[Any]:
         return []
 
-    def readings(self) -> list[IntensityReading]:
-        out = []
-        ok = True
-        for zone in self.zones:
-            try:
-                r = self.provider.current(zone)
-            except Exception as exc:  # a provider bug must not fail the scrape
-                log.warning("intensity provider failed for %s: %s", zone, exc)
-                fb = self._table.current(zone)
-                r = IntensityReading(zone, fb.grams_per_kwh, FALLBACK_SOURCE, fb.fetched_at)
-            if r.source == FALLBACK_SOURCE:
-                ok = False
-            out.append(r)
-        self.last_success = ok
-        return out
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        start = time.perf_counter()
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         intensity = GaugeMetricFamily(
             "carbonwatch_grid_carbon_intensity_grams_per_kwh",
             "Carbon intensity of grid electricity in the zone, g CO2e per kWh, and where it came from.",
             labels=["zone", "source"],
         )
-        for r in self.readings():
-            intensity.add_metric([r.zone, r.source], r.grams_per_kwh)
+        for zone, r in sorted(self.feed.all().items()):
+            intensity.add_metric([zone, r.source], r.grams_per_kwh)
         yield intensity
         if self.prices:
             price = GaugeMetricFamily(
@@ -91,4 +48,23 @@ class IntensityCollector(Collector):
             for zone, (value, currency) in sorted(self.prices.items()):
                 price.add_metric([zone, currency], value)
             yield price
-        self.last_duration_seconds = time.perf_counter() - start
+        ok = GaugeMetricFamily("carbonwatch_intensity_refresh_success",
+                               "1 if the last background refresh of the zone's intensity gave a live value, else 0 "
+                               "(the value served is then the last good one or the table, as `source` says).",
+                               labels=["zone"])
+        last = GaugeMetricFamily("carbonwatch_intensity_last_success_timestamp_seconds",
+                                 "Wall-clock time of the zone's last successful intensity refresh.", labels=["zone"])
+        failures = CounterMetricFamily("carbonwatch_intensity_refresh_failures",
+                                       "Background intensity refreshes of the zone that failed.", labels=["zone"])
+        for zone, h in sorted(self.feed.health.items()):
+            ok.add_metric([zone], 0.0 if h.last_error else 1.0)
+            failures.add_metric([zone], h.failures)
+            if h.last_success is not None:
+                last.add_metric([zone], h.last_success)
+        yield ok
+        yield last
+        yield failures
+        duration = GaugeMetricFamily("carbonwatch_intensity_refresh_duration_seconds",
+                                     "Time the last background refresh of every zone took.")
+        duration.add_metric([], self.feed.last_duration_seconds)
+        yield duration

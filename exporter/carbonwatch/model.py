@@ -95,6 +95,7 @@ class DeviceState:
     source: str
     power_watts: float
     energy_joules: float  # exporter-maintained counter
+    interval_joules: float = 0.0  # energy in this sample's interval
 
 
 @dataclass
@@ -114,6 +115,30 @@ class RunState:
     sources: dict[str, str] = field(default_factory=dict)  # component -> source of its energy
     last_seen: float = 0.0  # monotonic time its last process was seen
     live_processes: int = 0
+    emissions_grams: dict[str, float] = field(default_factory=dict)  # component -> g CO2e, sum of dE x I(t)
+    origin: str = ""  # how its processes were found to belong to it: env, registration, parent, kubernetes, slurm
+    labels: dict[str, str] = field(default_factory=dict)  # user, project, model, team where the node knows them
+
+
+@dataclass
+class ContainerState:
+    """A Kubernetes container on this node: its processes' energy and emissions since first seen."""
+
+    namespace: str
+    pod: str
+    container: str
+    energy_joules: dict[str, float] = field(default_factory=dict)
+    emissions_grams: dict[str, float] = field(default_factory=dict)
+    last_seen: float = 0.0  # monotonic
+
+
+@dataclass(frozen=True)
+class IntensityInUse:
+    """The grid intensity a node prices its energy at, and where the value came from."""
+
+    zone: str
+    grams_per_kwh: float
+    source: str
 
 
 @dataclass
@@ -121,6 +146,7 @@ class CollectorStatus:
     success: bool
     duration_seconds: float
     error: str = ""
+    absent: bool = False  # nothing to measure on this node (no GPU, no powercap tree): not a failure
 
 
 @dataclass
@@ -135,3 +161,7 @@ class Snapshot:
     unattributed_power_watts: dict[str, float] = field(default_factory=dict)
     unattributed_energy_joules: dict[str, float] = field(default_factory=dict)
     collectors: dict[str, CollectorStatus] = field(default_factory=dict)
+    node_energy_joules: dict[str, float] = field(default_factory=dict)  # component -> all the node's energy, J
+    node_emissions_grams: dict[str, float] = field(default_factory=dict)  # component -> g CO2e
+    intensity: IntensityInUse | None = None  # what this sample's energy was priced at
+    containers: list[ContainerState] = field(default_factory=list)

@@ -28,6 +28,7 @@ from carbonwatch.errors import ConfigError
 # run_id is part of the Pushgateway URL (grouping key) and of file names: a conservative alphabet.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 MAX_FILE_BYTES = 4096
+HEARTBEAT = "exporter.alive"  # touched by the node exporter every few seconds while it measures this node
 
 
 def spool_dir(explicit: str | None = None) -> Path:
@@ -44,11 +45,16 @@ def validate_run_id(run_id: object, what: str = "run_id") -> str:
 
 
 def process_start_time(pid: int, proc_root: str = "/proc") -> float | None:
+    stat = _process_stat(pid, proc_root)
+    return stat[4] if stat is not None else None
+
+
+def _process_stat(pid: int, proc_root: str) -> tuple[int, str, float, int, float] | None:
     from carbonwatch.sources.procs import parse_stat
 
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            return parse_stat(pid, f.read())[4]
+            return parse_stat(pid, f.read())
     except (OSError, ValueError, IndexError):
         return None
 
@@ -63,7 +69,9 @@ def register(run_id: str, pid: int | None = None, spool: str | None = None) -> P
         os.chmod(d, 0o1777)  # shared by users, like /tmp: sticky, so only owners remove their files
     except PermissionError:
         pass
-    body = {"run_id": run_id, "pid": pid, "start_time": process_start_time(pid)}
+    stat = _process_stat(pid, "/proc")
+    body = {"run_id": run_id, "pid": pid, "start_time": stat[4] if stat else None,
+            "cpu_seconds": stat[2] if stat else None}
     fd, tmp = tempfile.mkstemp(prefix=".reg-", dir=d)
     with os.fdopen(fd, "w") as f:
         json.dump(body, f)
@@ -85,6 +93,7 @@ class Registration:
     run_id: str
     pid: int
     start_time: float | None
+    cpu_seconds: float | None = None  # the process's CPU time when it registered: the run counts from there
 
 
 class RegistrationReader:
@@ -130,14 +139,17 @@ class RegistrationReader:
         if not isinstance(data, dict):
             return None, "not a JSON object"
         run_id, pid, start = data.get("run_id"), data.get("pid"), data.get("start_time")
+        cpu = data.get("cpu_seconds")
         try:
             validate_run_id(run_id)
         except ConfigError as exc:
             return None, str(exc)
         if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
             return None, f"pid: {pid!r} is not a positive integer"
-        if start is not None and not isinstance(start, (int, float)):
+        if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float))):
             return None, f"start_time: {start!r} is not a number"
+        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0):
+            return None, f"cpu_seconds: {cpu!r} is not a number >= 0"
         try:
             proc_uid = os.stat(f"{self.proc_root}/{pid}").st_uid
         except OSError:
@@ -150,7 +162,7 @@ class RegistrationReader:
             self._remove_stale(entry.path)
             return None, ""  # pid reused by another process
         assert isinstance(run_id, str)
-        return Registration(run_id, pid, actual if actual is not None else None), ""
+        return Registration(run_id, pid, actual, float(cpu) if cpu is not None else None), ""
 
     @staticmethod
     def _remove_stale(path: str) -> None:

@@ -318,7 +318,8 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
                 "--cluster.listen-address=",  # no gossip port: one instance, and parallel stacks do not clash
             ]
         elif name == "exporter":
-            cmd = [sys.executable, "-m", "carbonwatch", "exporter", f"--web.listen-address={listen}"]
+            cmd = [sys.executable, "-m", "carbonwatch", "exporter", f"--web.listen-address={listen}",
+                   f"--storage.path={data / 'exporter'}"]  # the durable counters, in-tree for the native stack
             cmd += list(args.exporter_arg)
         else:
             cmd = [grafana or "grafana-server", f"--homepath={args.grafana_homepath}"]
