@@ -1,0 +1,46 @@
+"""No joule before discovery: a run process started outside `carbonwatch run` is counted from its own start,
+so its run's energy does not depend on when the exporter noticed it (issue: a 12 s burner read 0 J at 10 s)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from carbonwatch.config import ExporterConfig
+from carbonwatch.local_meter import LocalMeter
+from tests.exporter_proc import start_exporter
+from tests.test_exporter_process import samples
+
+BURN = "import time\nt = time.time()\nwhile time.time() - t < 12: pass\n"
+
+
+@pytest.mark.slow
+def test_a_12s_burner_reads_within_5_percent_of_the_local_meter_at_10s(tmp_path):
+    cfg = {"zone": "DE", "sample_interval": "1s", "cpu": {"source": "model", "tdp_watts": 100},
+           "collectors": {"gpu": False, "intensity": False},
+           "process": {"scan_interval": "10s", "spool_dir": str(tmp_path / "spool")}}
+    exp = start_exporter(tmp_path, cfg)
+    try:
+        time.sleep(2.5)  # the exporter's full scan has happened; the next one is ~10 s away
+        burner = subprocess.Popen([sys.executable, "-c", BURN], env=dict(os.environ, CARBONWATCH_RUN_ID="burn-12"))
+        local_cfg = ExporterConfig()
+        local_cfg.cpu.source = "model"
+        local_cfg.cpu.tdp_watts = 100
+        local_cfg.collectors["gpu"] = False
+        meter = LocalMeter("burn-12", burner.pid, interval=1.0, config=local_cfg).start()
+        time.sleep(10.0)
+        local = meter.totals().energy_joules.get("cpu", 0.0)
+        m = samples(exp.scrape())
+        node = sum(v for lab, v in m["carbonwatch_run_energy_joules_total"]
+                   if lab["run_id"] == "burn-12" and lab["component"] == "cpu")
+        meter.stop()
+        burner.wait(timeout=30)
+    finally:
+        exp.stop()
+    assert local > 0
+    # both sample at 1 Hz on their own clocks: up to one interval apart at the moment of reading
+    assert node == pytest.approx(local, rel=0.05), (node, local)
