@@ -132,7 +132,7 @@ def test_a_run_whose_linger_ran_out_while_the_exporter_was_down_is_not_brought_b
     clock.t += 30.0  # down 30 s: "old" is now 80 s past its end, beyond the 60 s linger
     s2 = Sampler(s.cfg, s.s, clock=clock, wall=s.wall, boot_clock=clock, intensity=grid)
     s2.restore_state(state)
-    assert set(s2._runs) == {"recent"}
+    assert set(s2.counters.runs) == {"recent"}
 
 
 def test_a_new_run_process_is_counted_from_its_start_even_between_full_scans(tmp_path):

@@ -10,6 +10,9 @@ within one sample sum(process) + unattributed == device, per component, by const
 - GPU: each GPU's energy goes to the processes on it, by their share of SM utilisation; when no process
   shows SM time (NVML has no sample, or the work is memory-bound) by share of GPU memory used; with no
   process on the GPU it is unattributed. A run that holds a GPU therefore pays for its idle power.
+  On a MIG board, where the source gives each process its `board_share` (its GPU instance's slices of the
+  board times its share within the instance), a process gets exactly that fraction and the slices nobody
+  uses stay unattributed: a 1g slice never pays like a 7g one.
 - Memory: a process gets `dE * its RSS / installed memory`; the rest is unattributed.
 """
 
@@ -43,6 +46,19 @@ def split_by_share(total: float, weights: Mapping[K, float]) -> tuple[dict[K, fl
         return {}, total
     parts = {k: total * w / s for k, w in positive.items()}
     return parts, total - sum(parts.values())
+
+
+def split_gpu(total: float, processes: tuple[GpuProcessUse, ...] | list[GpuProcessUse]) -> tuple[dict[int, float], float]:
+    """One GPU's energy over its processes: fixed MIG board shares where the source gives them, else
+    `gpu_weights`."""
+    shares: dict[int, float] = {}
+    for p in processes:
+        if p.board_share is not None:
+            shares[p.pid] = shares.get(p.pid, 0.0) + max(p.board_share, 0.0)
+    if shares:
+        scale = 1.0 / sum(shares.values()) if sum(shares.values()) > 1.0 else 1.0  # never more than the board
+        return split_by_capacity(total, {pid: s * scale for pid, s in shares.items()}, 1.0)
+    return split_by_share(total, gpu_weights(processes))
 
 
 def gpu_weights(processes: tuple[GpuProcessUse, ...] | list[GpuProcessUse]) -> dict[int, float]:

@@ -1,0 +1,152 @@
+"""The exporter's monotonic counters: device, node, unattributed, run and container energy and emissions.
+
+They only ever grow while the exporter serves; `export()` and `restore()` carry them across restarts through
+carbonwatch.state. Emissions are added per sample as dE x I(t) / 3.6e6 with the intensity of that sample, so
+no later intensity change re-prices what was already emitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from carbonwatch.identity import ContainerRef, RunIdentity
+from carbonwatch.model import ContainerState, RunState
+
+JOULES_PER_KWH = 3.6e6
+
+
+def grams_per_joule(grams_per_kwh: float) -> float:
+    return grams_per_kwh / JOULES_PER_KWH
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.devices: dict[tuple[str, str, str], float] = {}  # (component, key, source) -> J
+        self.node_energy: dict[str, float] = {}  # component -> J, all energy of the node
+        self.node_emissions: dict[str, float] = {}  # component -> g
+        self.unattributed: dict[str, float] = {}  # component -> J no process took
+        self.other: dict[str, float] = {}  # component -> J of pid="other" (not durable: a process counter)
+        self.runs: dict[str, RunState] = {}
+        self.containers: dict[tuple[str, str, str], ContainerState] = {}
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def add_device(self, component: str, key: str, source: str, joules: float) -> float:
+        total = self.devices.get((component, key, source), 0.0) + joules
+        self.devices[(component, key, source)] = total
+        return total
+
+    def add_node(self, component: str, joules: float, unattributed: float, factor: float | None) -> None:
+        _add(self.node_energy, component, joules)
+        _add(self.unattributed, component, unattributed)
+        if factor is not None:
+            _add(self.node_emissions, component, joules * factor)
+
+    def run(self, run_id: str, identity: RunIdentity | None) -> RunState:
+        run = self.runs.get(run_id)
+        if run is None:
+            run = self.runs[run_id] = RunState(run_id)
+        if identity is not None and identity.run_id == run_id:
+            if not run.origin:  # the first origin that found a run names it
+                run.origin = identity.origin
+            for k, v in identity.labels.items():  # labels are filled in as they become known
+                if v and not run.labels.get(k):
+                    run.labels[k] = v
+        return run
+
+    def container(self, ref: ContainerRef, now: float) -> ContainerState:
+        key = (ref.namespace, ref.pod, ref.container)
+        box = self.containers.get(key)
+        if box is None:
+            box = self.containers[key] = ContainerState(ref.namespace, ref.pod, ref.container)
+        box.last_seen = now
+        return box
+
+    @staticmethod
+    def add_energy(target: RunState | ContainerState, component: str, joules: float, factor: float | None) -> None:
+        _add(target.energy_joules, component, joules)
+        if factor is not None:
+            _add(target.emissions_grams, component, joules * factor)
+
+    def expire(self, now: float, linger: float) -> None:
+        """Forget runs and containers whose last process ended more than `linger` seconds ago."""
+        self.runs = {k: r for k, r in self.runs.items() if r.live_processes or now - r.last_seen <= linger}
+        self.containers = {k: c for k, c in self.containers.items() if now - c.last_seen <= linger}
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def runs_copy(self) -> list[RunState]:
+        return [dataclasses.replace(r, power_watts=dict(r.power_watts), energy_joules=dict(r.energy_joules),
+                                    sources=dict(r.sources), emissions_grams=dict(r.emissions_grams),
+                                    labels=dict(r.labels)) for r in self.runs.values()]
+
+    def containers_copy(self) -> list[ContainerState]:
+        return [dataclasses.replace(c, energy_joules=dict(c.energy_joules), emissions_grams=dict(c.emissions_grams))
+                for c in self.containers.values()]
+
+    # -- across restarts ---------------------------------------------------------------------------
+
+    def export(self, now: float, wall: float) -> dict[str, Any]:
+        """Plain JSON-able data; times are stored as wall clock (the monotonic clock restarts with us)."""
+        return {
+            "devices": [[c, k, s, v] for (c, k, s), v in sorted(self.devices.items())],
+            "node_energy_joules": dict(self.node_energy),
+            "node_emissions_grams": dict(self.node_emissions),
+            "unattributed_energy_joules": dict(self.unattributed),
+            "runs": {
+                rid: {
+                    "energy_joules": dict(r.energy_joules),
+                    "emissions_grams": dict(r.emissions_grams),
+                    "sources": dict(r.sources),
+                    "origin": r.origin,
+                    "labels": dict(r.labels),
+                    "last_seen_wall": wall - (now - r.last_seen),
+                }
+                for rid, r in sorted(self.runs.items())
+            },
+            "containers": [
+                {"namespace": c.namespace, "pod": c.pod, "container": c.container,
+                 "energy_joules": dict(c.energy_joules), "emissions_grams": dict(c.emissions_grams),
+                 "last_seen_wall": wall - (now - c.last_seen)}
+                for c in self.containers.values()
+            ],
+        }
+
+    def restore(self, state: Mapping[str, Any], now: float, wall: float, linger: float) -> set[str]:
+        """Continue from `state` (validated by carbonwatch.state.parse). Runs and containers whose linger ran
+        out while the exporter was down are not brought back. Returns the components restored."""
+        components: set[str] = set()
+        for comp, key, source, value in state.get("devices", []):
+            self.devices[(comp, key, source)] = float(value)
+            components.add(comp)
+        self.node_energy = {k: float(v) for k, v in state.get("node_energy_joules", {}).items()}
+        self.node_emissions = {k: float(v) for k, v in state.get("node_emissions_grams", {}).items()}
+        self.unattributed = {k: float(v) for k, v in state.get("unattributed_energy_joules", {}).items()}
+        for rid, r in state.get("runs", {}).items():
+            age = max(0.0, wall - float(r.get("last_seen_wall", wall)))
+            if age > linger:
+                continue
+            self.runs[rid] = RunState(
+                rid,
+                energy_joules={k: float(v) for k, v in r.get("energy_joules", {}).items()},
+                sources=dict(r.get("sources", {})),
+                last_seen=now - age,
+                emissions_grams={k: float(v) for k, v in r.get("emissions_grams", {}).items()},
+                origin=str(r.get("origin", "")),
+                labels=dict(r.get("labels", {})),
+            )
+        for c in state.get("containers", []):
+            age = max(0.0, wall - float(c.get("last_seen_wall", wall)))
+            if age > linger:
+                continue
+            box = ContainerState(c["namespace"], c["pod"], c["container"],
+                                 {k: float(v) for k, v in c.get("energy_joules", {}).items()},
+                                 {k: float(v) for k, v in c.get("emissions_grams", {}).items()}, now - age)
+            self.containers[(box.namespace, box.pod, box.container)] = box
+        return components
+
+
+def _add(acc: dict[str, float], key: str, value: float) -> None:
+    acc[key] = acc.get(key, 0.0) + value

@@ -1,0 +1,310 @@
+"""One meter per component: each turns its source's reading into the device energy of one sample interval
+and splits it among processes (carbonwatch.attribution). Meters keep only their own baselines (the previous
+hardware counter or power reading); the counters that accumulate live in carbonwatch.counters.
+
+Every meter returns a `Measured`: the devices' interval energy, the parts per process, what went to
+pid="other" (busy time of processes not read individually) and the unattributed rest, so that
+parts + other + unattributed == the devices' energy, per component and sample, by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from carbonwatch import attribution
+from carbonwatch.config import ExporterConfig
+from carbonwatch.model import (
+    SOURCE_MODEL,
+    SOURCE_NVML_COUNTER,
+    SOURCE_NVML_POWER,
+    SOURCE_RAPL,
+    CollectorStatus,
+    CpuTimes,
+    EnergyReading,
+    GpuReading,
+    ProcessReading,
+    SourceError,
+)
+
+ProcKey = tuple[int, float]  # (pid, start time): a process identity that survives pid reuse
+
+
+# -- the sources' interfaces ---------------------------------------------------------------------------
+
+
+class GpuSource(Protocol):
+    """carbonwatch.sources.nvml.NvmlSource; `last_errors` names per-GPU problems of the last read."""
+
+    last_errors: list[str]
+
+    def read(self) -> list[GpuReading]: ...
+
+
+class RaplReadingLike(Protocol):
+    @property
+    def packages(self) -> list[EnergyReading]: ...
+
+    @property
+    def dram(self) -> EnergyReading | None: ...
+
+
+class RaplLike(Protocol):
+    def read(self) -> RaplReadingLike: ...
+
+
+class CpuModel(Protocol):
+    cpu_model: str
+
+    def power_watts(self, utilization: float) -> float: ...
+
+
+class MemoryModel(Protocol):
+    def power_watts(self) -> float: ...
+
+
+# -- what one sample hands the meters --------------------------------------------------------------------
+
+
+@dataclass
+class Interval:
+    """What one sample saw, shared by every meter. `dt` is None at the first sample (baselines only)."""
+
+    dt: float | None
+    full: bool  # a full /proc scan: every process was read
+    procs: dict[ProcKey, ProcessReading]
+    prev_cpu: Mapping[ProcKey, float]  # CPU seconds of the processes read at the previous sample
+    reg_cpu: Mapping[ProcKey, float]  # CPU seconds of registered processes when they registered
+    cpu_times: CpuTimes | None
+    prev_cpu_times: CpuTimes | None
+    boot_prev: float | None  # seconds since boot at the previous sample
+    folded_rss: float  # RSS of the processes not read between full scans
+    mem_total: int
+
+
+@dataclass
+class DeviceDelta:
+    component: str
+    key: str
+    source: str
+    joules: float | None  # None: no delta yet (a baseline was just taken)
+    power_watts: float | None  # a reading of its own (GPU, model), else joules / dt
+
+
+@dataclass
+class Measured:
+    devices: list[DeviceDelta] = field(default_factory=list)
+    parts: dict[ProcKey, float] = field(default_factory=dict)
+    other: float = 0.0
+    unattributed: float = 0.0
+    unknown: list[ProcKey] = field(default_factory=list)  # GPU users not visible in our /proc
+    source: str = ""  # where this component's energy came from in this sample
+
+
+# -- meters ------------------------------------------------------------------------------------------------
+
+
+class GpuMeter:
+    """Each GPU's energy from its hardware counter (resets absorbed), else its power integrated between
+    samples (trapezoid); split by SM share, then memory share, then equally (attribution.gpu_weights)."""
+
+    component = "gpu"
+
+    def __init__(self) -> None:
+        self._prev: dict[str, tuple[float | None, float | None]] = {}  # uuid -> (raw counter J, power W)
+
+    def measure(self, gpus: list[GpuReading], iv: Interval) -> Measured:
+        out = Measured()
+        pid_index = {k[0]: k for k in iv.procs}
+        sources = []
+        for g in gpus:
+            de, src = self._delta(g, iv.dt)
+            sources.append(src)
+            out.devices.append(DeviceDelta("gpu", str(g.index), src, de, g.power_watts))
+            if de is None:
+                continue
+            by_pid, rest = attribution.split_gpu(de, g.processes)
+            parts = {pid_index.get(pid, (pid, -1.0)): v for pid, v in by_pid.items()}
+            for k, v in parts.items():
+                out.parts[k] = out.parts.get(k, 0.0) + v
+                if k not in iv.procs and k not in out.unknown:
+                    out.unknown.append(k)
+            out.unattributed += rest
+        out.source = weakest(sources)
+        return out
+
+    def _delta(self, g: GpuReading, dt: float | None) -> tuple[float | None, str]:
+        prev_e, prev_p = self._prev.get(g.uuid, (None, None))
+        self._prev[g.uuid] = (g.energy_joules, g.power_watts)
+        declared = g.energy_source
+        if g.energy_joules is not None:
+            src = declared or SOURCE_NVML_COUNTER
+            if dt is None or prev_e is None:
+                return None, src
+            de = g.energy_joules - prev_e
+            if de < 0:  # counter reset (driver reload): it restarted from 0
+                de = g.energy_joules
+            return de, src
+        src = declared or SOURCE_NVML_POWER
+        if dt is None or g.power_watts is None:
+            return None, src
+        p0 = prev_p if prev_p is not None else g.power_watts
+        return (p0 + g.power_watts) / 2.0 * dt, src  # trapezoid between samples
+
+
+class RaplDeltas:
+    """Deltas of the RAPL reader's cumulative (wrap-corrected) joules, per zone key."""
+
+    def __init__(self) -> None:
+        self._prev: dict[str, float] = {}
+
+    def delta(self, key: str, cumulative: float | None, dt: float | None) -> float | None:
+        if cumulative is None:
+            return None
+        prev = self._prev.get(key)
+        self._prev[key] = cumulative
+        if prev is None or dt is None:
+            return None
+        return max(cumulative - prev, 0.0)
+
+
+def cpu_seconds_in_interval(iv: Interval) -> dict[ProcKey, float]:
+    """CPU seconds in this interval, for the processes where that is known exactly: read in the previous
+    sample too, started after it (all their CPU time is in this interval), or registered by the run
+    client since (their CPU time since the registration)."""
+    out: dict[ProcKey, float] = {}
+    for k, p in iv.procs.items():
+        if p.start_time < 0:
+            continue
+        prev = iv.prev_cpu.get(k)
+        if prev is not None:
+            out[k] = p.cpu_seconds - prev
+        elif iv.boot_prev is not None and p.start_time >= iv.boot_prev - 0.01:
+            out[k] = p.cpu_seconds
+        elif k in iv.reg_cpu:
+            out[k] = max(0.0, p.cpu_seconds - iv.reg_cpu[k])
+    return out
+
+
+class CpuMeter:
+    """CPU packages from RAPL (unless `cpu.source: model`), else the labelled model (TDP x utilisation from
+    /proc/stat). A process gets the share of all CPU time the machine had (busy and idle) that it used; busy
+    time of processes not read individually goes to pid="other"; idle time stays unattributed."""
+
+    component = "cpu"
+
+    def __init__(self, cfg: ExporterConfig, model: CpuModel | None, rapl: RaplDeltas) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.rapl = rapl
+        self.source = ""
+
+    def measure(self, reading: RaplReadingLike | None, iv: Interval, status: dict[str, CollectorStatus]) -> Measured:
+        out = Measured()
+        de = self._energy(reading, iv, out, status)
+        out.source = self.source or SOURCE_MODEL
+        if de is None or iv.prev_cpu_times is None or iv.cpu_times is None:
+            return out
+        weights = cpu_seconds_in_interval(iv)
+        d_total = iv.cpu_times.total - iv.prev_cpu_times.total
+        parts, rest = attribution.split_by_capacity(de, weights, d_total)
+        out.parts = parts
+        unseen = max(0.0, (iv.cpu_times.busy - iv.prev_cpu_times.busy) - sum(weights.values()))
+        out.other = min(rest, de * unseen / d_total) if d_total > 0 else 0.0
+        out.unattributed = rest - out.other
+        return out
+
+    def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
+                status: dict[str, CollectorStatus]) -> float | None:
+        if reading is not None and reading.packages and self.cfg.cpu.source != "model":
+            self.source = SOURCE_RAPL
+            total: float | None = 0.0
+            for pkg in reading.packages:
+                de = self.rapl.delta(f"cpu:{pkg.key}", pkg.energy_joules, iv.dt)
+                out.devices.append(DeviceDelta("cpu", pkg.key, SOURCE_RAPL, de, None))
+                total = None if (de is None or total is None) else total + de
+            status["cpu"] = CollectorStatus(True, status.get("rapl", CollectorStatus(True, 0.0)).duration_seconds)
+            return total
+        if self.cfg.cpu.source == "rapl":
+            status["cpu"] = CollectorStatus(False, 0.0, "cpu.source is rapl but RAPL could not be read")
+            return None
+        if self.model is None or iv.cpu_times is None:
+            status.setdefault("cpu", CollectorStatus(False, 0.0, "no CPU time from /proc/stat for the CPU model"))
+            return None
+        self.source = SOURCE_MODEL
+        t0 = time.perf_counter()
+        if iv.prev_cpu_times is None or iv.dt is None:
+            return None
+        d_total = iv.cpu_times.total - iv.prev_cpu_times.total
+        util = (iv.cpu_times.busy - iv.prev_cpu_times.busy) / d_total if d_total > 0 else 0.0
+        power = float(self.model.power_watts(min(max(util, 0.0), 1.0)))
+        de = power * iv.dt
+        out.devices.append(DeviceDelta("cpu", "all", SOURCE_MODEL, de, power))
+        status["cpu"] = CollectorStatus(True, time.perf_counter() - t0)
+        return de
+
+
+class MemoryMeter:
+    """Memory from RAPL dram zones (unless `memory.source: model`), else W/GB installed; a process gets its
+    RSS share of installed memory; between full scans the RSS of processes not read goes to pid="other"."""
+
+    component = "memory"
+
+    def __init__(self, cfg: ExporterConfig, model: MemoryModel | None, rapl: RaplDeltas) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.rapl = rapl
+        self.source = ""
+
+    def measure(self, reading: RaplReadingLike | None, iv: Interval, status: dict[str, CollectorStatus]) -> Measured:
+        out = Measured()
+        de = self._energy(reading, iv, out, status)
+        out.source = self.source or SOURCE_MODEL
+        if de is None:
+            return out
+        parts, rest = attribution.split_by_capacity(
+            de, {k: float(p.rss_bytes) for k, p in iv.procs.items()}, float(iv.mem_total)
+        )
+        out.parts = parts
+        if not iv.full and iv.mem_total:
+            out.other = min(rest, de * iv.folded_rss / iv.mem_total)
+        out.unattributed = rest - out.other
+        return out
+
+    def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
+                status: dict[str, CollectorStatus]) -> float | None:
+        dram = reading.dram if reading is not None else None
+        if dram is not None and dram.energy_joules is not None and self.cfg.memory.source != "model":
+            self.source = SOURCE_RAPL
+            de = self.rapl.delta("memory", dram.energy_joules, iv.dt)
+            out.devices.append(DeviceDelta("memory", "", SOURCE_RAPL, de, None))
+            status["memory"] = CollectorStatus(True, 0.0)
+            return de
+        if self.cfg.memory.source == "rapl":
+            status["memory"] = CollectorStatus(False, 0.0, "memory.source is rapl but RAPL has no dram zone")
+            return None
+        if self.model is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            power = float(self.model.power_watts())
+        except SourceError as exc:
+            status["memory"] = CollectorStatus(False, time.perf_counter() - t0, str(exc))
+            return None
+        self.source = SOURCE_MODEL
+        status["memory"] = CollectorStatus(True, time.perf_counter() - t0)
+        if iv.dt is None:
+            return None
+        de = power * iv.dt
+        out.devices.append(DeviceDelta("memory", "", SOURCE_MODEL, de, power))
+        return de
+
+
+_STRENGTH = {SOURCE_MODEL: 0, SOURCE_NVML_POWER: 1, "nvml_power_instant": 1, "nvml_power_average": 2}
+
+
+def weakest(sources: list[str] | tuple[str, ...]) -> str:
+    """The least exact of `sources` (a modelled or power-integrated sample makes a total so)."""
+    return min(sources, key=lambda s: _STRENGTH.get(s, 9), default="")
