@@ -1,29 +1,54 @@
-"""NvmlSource against the fake NVML (tests/fakes/fake_nvml.py), and against the real pynvml where it can."""
+"""NvmlSource through the real pynvml, over a stub of the NVML C library (tests/fakes/nvml_stub.py).
+
+Everything above the C boundary is pynvml's own code: wrappers, struct layouts, two-call sizing, the
+version-mismatch error and the NVMLError classes. Pids are checked against a fake /proc tree."""
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pynvml
 import pytest
 
-from carbonwatch.model import GpuReading, SourceError
-from carbonwatch.sources.nvml import NvmlSource, _field_number
-from tests.fakes import fake_nvml
-from tests.fakes.fake_nvml import (
-    FakeClock,
-    FakeGpu,
-    FakeNvml,
-    FakeProcess,
-    bursty,
-    configure_from_env,
-    make_fake_nvml,
+from carbonwatch import attribution
+from carbonwatch.model import FatalSourceError, GpuReading, SourceAbsent, SourceError
+from carbonwatch.sources.nvml import (
+    ENERGY_COUNTER,
+    POWER_AVERAGE,
+    POWER_INSTANT,
+    NvmlSource,
+    _field_number,
 )
+from tests.fakes import fake_nvml
+from tests.fakes.nvml_stub import FakeClock, FakeGpu, FakeMigDevice, FakeProcess, NvmlStub, bursty
+
+GiB = 1 << 30
+FIELDS = "nvmlDeviceGetFieldValues"
+ENERGY_CALL = "nvmlDeviceGetTotalEnergyConsumption"
+PROC_UTIL = "nvmlDeviceGetProcessUtilization"
+COMPUTE = "nvmlDeviceGetComputeRunningProcesses_v3"
+
+
+class Proc:
+    """A fake /proc tree holding only what NvmlSource reads: pid directories, comm, pid_max."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sys" / "kernel").mkdir(parents=True)
+        (root / "sys" / "kernel" / "pid_max").write_text("4194304\n")
+
+    def add(self, *pids: int, comm: str = "python") -> None:
+        for pid in pids:
+            (self.root / str(pid)).mkdir(exist_ok=True)
+            (self.root / str(pid) / "comm").write_text(comm + "\n")
+
+    def remove(self, pid: int) -> None:
+        for f in (self.root / str(pid)).iterdir():
+            f.unlink()
+        (self.root / str(pid)).rmdir()
 
 
 @pytest.fixture
@@ -32,231 +57,547 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def restore_default() -> Iterator[None]:
-    saved = fake_nvml._default
-    try:
-        yield
-    finally:
-        fake_nvml._default = saved
+def proc(tmp_path: Path) -> Proc:
+    return Proc(tmp_path / "proc")
+
+
+Make = Callable[..., NvmlStub]
+
+
+@pytest.fixture
+def make(clock: FakeClock) -> Iterator[Make]:
+    """Install a stub under pynvml for the test; fails the test if a stub callback itself broke."""
+    stubs: list[NvmlStub] = []
+
+    def build(gpus: list[FakeGpu] | int = 1, **kwargs: object) -> NvmlStub:
+        stub = NvmlStub(gpus, clock=clock, **kwargs).install()  # type: ignore[arg-type]
+        stubs.append(stub)
+        return stub
+
+    yield build
+    for stub in stubs:
+        stub.uninstall()
+        assert stub.callback_errors == []
+
+
+def source_for(stub: NvmlStub, proc: Proc, clock: FakeClock, **kwargs: object) -> NvmlSource:
+    return NvmlSource(pynvml, proc_root=str(proc.root), host_pids=True, clock=clock, wall=stub.wall,
+                      **kwargs)  # type: ignore[arg-type]
 
 
 def by_index(readings: list[GpuReading]) -> dict[int, GpuReading]:
     return {r.index: r for r in readings}
 
 
-def test_reads_every_gpu_with_counter_energy_and_averaged_power(clock: FakeClock) -> None:
-    # 1 s period, 300 W for 0.3 s then 100 W: the 1 s average is 160 W, instant power is 100 or 300 W.
-    nvml = make_fake_nvml(gpus=3, clock=clock, watts=bursty(100.0, 300.0, period=1.0, duty=0.3))
-    source = NvmlSource(nvml)
+def procs_of(reading: GpuReading) -> dict[int, tuple[float | None, float | None, int | None]]:
+    return {p.pid: (p.sm_util, p.mem_util, p.used_memory_bytes) for p in reading.processes}
+
+
+# -- energy ------------------------------------------------------------------------------------------
+
+
+def test_energy_and_power_come_from_one_field_values_call_per_gpu(make: Make, proc: Proc, clock: FakeClock) -> None:
+    # 1 s period, 300 W for 0.3 s then 100 W: the 1 s average is 160 W.
+    stub = make(3, watts=bursty(100.0, 300.0, period=1.0, duty=0.3))
+    source = source_for(stub, proc, clock)
+    source.read()
+    stub.reset_counts()
     clock.advance(15.0)
     readings = source.read()
     assert [r.index for r in readings] == [0, 1, 2]
-    assert len({r.uuid for r in readings}) == 3
-    assert all(r.name == "NVIDIA H100 80GB HBM3" for r in readings)
     for r in readings:
-        assert r.energy_joules == pytest.approx(15 * 160.0)  # mJ counter, in joules
+        assert r.energy_joules == pytest.approx(15 * 160.0)  # the counter in joules
         assert r.power_watts == pytest.approx(160.0)
+        assert r.energy_source == ENERGY_COUNTER
+    assert stub.calls[FIELDS] == 3
+    assert stub.calls[ENERGY_CALL] == stub.calls["nvmlDeviceGetPowerUsage"] == 0
     assert source.last_errors == []
 
 
-def test_the_counter_is_exact_where_sampled_instant_power_is_not(clock: FakeClock) -> None:
-    """Why the counter is the truth: on a bursty load, instant power sampled every 15 s and integrated
-    misses badly; the averaged power is far better; the counter is exact."""
-    nvml = make_fake_nvml(gpus=1, clock=clock, watts=bursty(60.0, 700.0, period=2.0, duty=0.25))
-    nvml.gpus[0].power_average_field = False  # read instant power through the fields
-    instant = NvmlSource(nvml)
-    first = instant.read()[0]
-    integrated_instant = 0.0
-    for _ in range(40):  # 10 minutes, scraped every 15 s
-        clock.advance(15.0)
-        integrated_instant += (instant.read()[0].power_watts or 0.0) * 15.0
-    last = instant.read()[0]
-    truth = nvml.gpus[0].true_energy_joules
-    assert last.energy_joules is not None and first.energy_joules is not None
-    assert last.energy_joules - first.energy_joules == pytest.approx(truth, rel=1e-6)
-    assert abs(integrated_instant / truth - 1) > 0.5  # every sample fell in the same phase of the burst
+def test_the_energy_field_is_checked_once_against_the_dedicated_call(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make([FakeGpu(0, 200.0), FakeGpu(1, 200.0, energy_field_offset_mj=10**6)])  # GPU 1: 1 kJ off
+    source = source_for(stub, proc, clock)
+    clock.advance(10.0)
+    first = by_index(source.read())
+    assert stub.calls[ENERGY_CALL] == 2  # once per GPU
+    clock.advance(10.0)
+    second = by_index(source.read())
+    assert stub.calls[ENERGY_CALL] == 3  # from now on only for GPU 1, whose field disagreed
+    for r in (first, second):
+        assert r[0].energy_source == r[1].energy_source == ENERGY_COUNTER
+    assert second[1].energy_joules == pytest.approx(4000.0)  # the dedicated call's counter, not the field's
+    assert second[0].energy_joules == pytest.approx(4000.0)
 
 
-def test_falls_back_to_instant_field_then_to_power_usage(clock: FakeClock) -> None:
-    gpus = [
-        FakeGpu(0, 200.0, power_average_field=False),  # A100-like: no averaged field
-        FakeGpu(1, 250.0, field_values=False),  # old driver: no field values at all
-        FakeGpu(2, 90.0, field_values=False, power_usage=False),  # no power reading at all
-    ]
-    nvml = make_fake_nvml(gpus, clock=clock)
-    source = NvmlSource(nvml)
-    clock.advance(1.0)
-    r = by_index(source.read())
-    assert r[0].power_watts == pytest.approx(200.0)
-    assert r[1].power_watts == pytest.approx(250.0)
-    assert r[2].power_watts is None
-    assert nvml.calls["nvmlDeviceGetPowerUsage"] == 2  # GPUs 1 and 2, once each
-    clock.advance(1.0)
+def test_without_the_energy_field_the_dedicated_call_is_used(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make([FakeGpu(0, 250.0, energy_field=False)])
+    source = source_for(stub, proc, clock)
+    clock.advance(4.0)
+    r = source.read()[0]
+    assert (r.energy_joules, r.power_watts, r.energy_source) == (pytest.approx(1000.0), 250.0, ENERGY_COUNTER)
+    stub.reset_counts()
     source.read()
-    # What each GPU supports is remembered: no more field-values calls for 1 and 2, none at all for 2.
-    assert nvml.calls["nvmlDeviceGetFieldValues"] == 3 + 1
-    assert nvml.calls["nvmlDeviceGetPowerUsage"] == 2 + 1
+    assert stub.calls[ENERGY_CALL] == 1 and stub.calls[FIELDS] == 1  # the field is not asked for again
 
 
-def test_gpu_without_energy_counter_reports_none_and_is_not_asked_again(clock: FakeClock) -> None:
-    nvml = make_fake_nvml([FakeGpu(0, 150.0, name="Tesla K80", energy_counter=False)], clock=clock)
-    source = NvmlSource(nvml)
+def test_without_a_counter_average_then_instant_power_is_the_source(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make([
+        FakeGpu(0, 150.0, name="Tesla P100", energy_counter=False),  # averaged power field
+        FakeGpu(1, 120.0, name="Tesla K80", energy_counter=False, power_average_field=False),  # instant field
+        FakeGpu(2, 90.0, energy_counter=False, field_values=False),  # old driver: nvmlDeviceGetPowerUsage
+        FakeGpu(3, 60.0, energy_counter=False, field_values=False, power_usage=False),  # nothing at all
+    ])
+    source = source_for(stub, proc, clock)
     clock.advance(2.0)
-    reading = source.read()[0]
-    assert reading.energy_joules is None
-    assert reading.power_watts == pytest.approx(150.0)
+    r = by_index(source.read())
+    assert [(r[i].energy_joules, r[i].power_watts, r[i].energy_source) for i in range(4)] == [
+        (None, 150.0, POWER_AVERAGE),
+        (None, 120.0, POWER_INSTANT),
+        (None, 90.0, POWER_INSTANT),
+        (None, None, POWER_INSTANT),
+    ]
+    stub.reset_counts()
     source.read()
-    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1
+    # what each GPU lacks is remembered: no counter asked for, no field-values call for GPUs 2 and 3
+    assert stub.calls[ENERGY_CALL] == 0
+    assert stub.calls[FIELDS] == 2
+    assert stub.calls["nvmlDeviceGetPowerUsage"] == 1
 
 
-def test_processes_merge_lists_and_per_process_utilisation(clock: FakeClock) -> None:
-    gpu = FakeGpu(
-        0,
-        300.0,
-        processes=[
-            FakeProcess(pid=100, sm_util=60, mem_util=30, used_memory=8 << 30),
-            FakeProcess(pid=200, sm_util=0, mem_util=0, used_memory=None),  # listed, idle
-            FakeProcess(pid=300, sm_util=25, mem_util=5, kind="both"),  # compute and graphics
-            FakeProcess(pid=400, sm_util=10, mem_util=1, kind="graphics"),
-        ],
-    )
-    nvml = make_fake_nvml([gpu], clock=clock)
-    source = NvmlSource(nvml)
-    clock.advance(1.0)
-    reading = source.read()[0]
-    procs = {p.pid: p for p in reading.processes}
-    assert sorted(procs) == [100, 200, 300, 400]
-    assert (procs[100].sm_util, procs[100].mem_util, procs[100].used_memory_bytes) == (60.0, 30.0, 8 << 30)
-    assert (procs[200].sm_util, procs[200].used_memory_bytes) == (0.0, None)
-    assert procs[300].sm_util == 25.0
-    assert procs[400].sm_util == 10.0
-    assert reading.utilization_ratio == pytest.approx(0.95)
-
-
-def test_process_samples_are_read_since_the_last_one_seen(clock: FakeClock) -> None:
-    nvml = make_fake_nvml([FakeGpu(0, 300.0, processes=[FakeProcess(pid=7, sm_util=70)])], clock=clock)
-    source = NvmlSource(nvml)
-    clock.advance(1.0)
-    assert source.read()[0].processes[0].sm_util == 70.0
-    # Same instant: NVML has no newer sample (NOT_FOUND), so the process had no measured use since.
-    assert source.read()[0].processes[0].sm_util == 0.0
-    clock.advance(0.5)
-    assert source.read()[0].processes[0].sm_util == 70.0
-
-
-def test_without_per_process_utilisation_the_figures_are_unknown(clock: FakeClock) -> None:
-    gpu = FakeGpu(0, 300.0, process_utilization=False, processes=[FakeProcess(pid=7, sm_util=70)])
-    source = NvmlSource(make_fake_nvml([gpu], clock=clock))
-    clock.advance(1.0)
-    proc = source.read()[0].processes[0]
-    assert (proc.pid, proc.sm_util, proc.mem_util) == (7, None, None)
-
-
-def test_a_lost_gpu_is_left_out_and_reported_while_the_others_read(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=3, clock=clock, watts=200.0)
-    source = NvmlSource(nvml)
-    source.read()
-    nvml.gpus[1].lose()
+def test_a_counter_gpu_without_power_fields_takes_its_power_from_the_counter(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    stub = make([FakeGpu(0, 320.0, field_values=False)])
+    source = source_for(stub, proc, clock)
+    assert source.read()[0].power_watts is None
     clock.advance(5.0)
-    readings = source.read()
-    assert [r.index for r in readings] == [0, 2]
-    assert len(source.last_errors) == 1
-    assert "GPU 1" in source.last_errors[0] and nvml.gpus[1].uuid in source.last_errors[0]
-    assert "GPU is lost" in source.last_errors[0]
-    # Still lost on the next read (the handle is fetched again and fails again).
-    assert [r.index for r in source.read()] == [0, 2]
-    assert "GPU is lost" in source.last_errors[0]
-    nvml.gpus[1].recover()
-    clock.advance(5.0)
-    back = by_index(source.read())
-    assert sorted(back) == [0, 1, 2]
-    assert source.last_errors == []
-    assert back[1].energy_joules == pytest.approx(10 * 200.0)  # the raw counter went on
+    r = source.read()[0]
+    assert r.power_watts == pytest.approx(320.0) and r.energy_source == ENERGY_COUNTER
+    assert stub.calls["nvmlDeviceGetPowerUsage"] == 0  # 3.5 ms a call: never for a gauge
 
 
-def test_a_transient_error_drops_the_gpu_once_and_refetches_its_handle(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=2, clock=clock)
-    source = NvmlSource(nvml)
-    source.read()
-    nvml.inject_error("nvmlDeviceGetTotalEnergyConsumption", pynvml.NVML_ERROR_UNKNOWN, gpu=0)
-    assert [r.index for r in source.read()] == [1]
-    assert "Unknown Error" in source.last_errors[0]
-    handles_before = nvml.calls["nvmlDeviceGetHandleByIndex"]
-    assert [r.index for r in source.read()] == [0, 1]
-    assert nvml.calls["nvmlDeviceGetHandleByIndex"] == handles_before + 1
-
-
-def test_counter_reset_is_reported_raw(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=1, clock=clock, watts=100.0)
-    source = NvmlSource(nvml)
+def test_counter_reset_is_reported_raw(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(1, watts=100.0)
+    source = source_for(stub, proc, clock)
     clock.advance(10.0)
     assert source.read()[0].energy_joules == pytest.approx(1000.0)
-    nvml.gpus[0].reset_counter()
+    stub.board[0].reset_counter()
     clock.advance(1.0)
-    assert source.read()[0].energy_joules == pytest.approx(100.0)  # the sampler sees the reset
+    assert source.read()[0].energy_joules == pytest.approx(100.0)  # the sampler absorbs the reset
 
 
-def test_driver_reload_fails_one_read_then_nvml_is_initialised_again(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=2, clock=clock, watts=100.0)
-    source = NvmlSource(nvml)
-    clock.advance(10.0)
-    source.read()
-    nvml.driver_reload()
-    with pytest.raises(SourceError, match="Uninitialized"):
-        source.read()
-    clock.advance(2.0)
-    readings = source.read()
-    assert [r.energy_joules for r in readings] == pytest.approx([200.0, 200.0])
-    assert nvml.calls["nvmlInitWithFlags"] == 2
+# -- the session and its failures ---------------------------------------------------------------------
 
 
-def test_init_failure_is_a_source_error_and_is_retried(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=1, clock=clock, init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-    source = NvmlSource(nvml)
-    with pytest.raises(SourceError, match="NVML initialisation failed: Driver Not Loaded"):
-        source.read()
-    nvml.init_error = None
-    assert len(source.read()) == 1
-
-
-def test_missing_pynvml_is_a_source_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
-    with pytest.raises(SourceError, match="nvidia-ml-py"):
-        NvmlSource().read()
-
-
-def test_real_pynvml_on_this_node() -> None:
-    """The real module: without an NVIDIA driver its failure must surface as a SourceError."""
-    source = NvmlSource()
+def test_the_real_library_missing_means_no_gpu_here() -> None:
+    """pynvml over the real libnvidia-ml: on a node without the driver, the collector is absent, not failed."""
+    assert pynvml.nvmlLib is None or isinstance(pynvml.nvmlLib, pynvml.CDLL)
+    source = NvmlSource(pynvml)
     try:
         readings = source.read()
-    except SourceError as exc:
-        assert "NVML initialisation failed" in str(exc)
-    else:
-        assert all(isinstance(r, GpuReading) and r.uuid for r in readings)
+    except SourceAbsent as exc:
+        assert "no NVIDIA driver" in str(exc)
+    else:  # a GPU node
+        assert all(r.uuid and r.energy_source for r in readings)
     finally:
         source.close()
 
 
-def test_steady_state_reads_are_cheap_for_eight_gpus(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=8, clock=clock)
-    source = NvmlSource(nvml)
-    source.read()
-    nvml.calls.clear()
-    nvml.cost_seconds = 0.0
-    clock.advance(15.0)
-    source.read()
-    assert nvml.calls["nvmlDeviceGetHandleByIndex"] == 0
-    assert nvml.calls["nvmlDeviceGetUUID"] == nvml.calls["nvmlDeviceGetName"] == 0
-    assert nvml.calls["nvmlDeviceGetPowerUsage"] == 0
-    assert sum(nvml.calls.values()) == 1 + 8 * 6
-    assert nvml.cost_seconds == pytest.approx(8 * 0.12e-3)  # vs 28 ms with nvmlDeviceGetPowerUsage
+def test_missing_pynvml_means_no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
+    with pytest.raises(SourceAbsent, match="nvidia-ml-py"):
+        NvmlSource().read()
 
 
-def test_bytes_names_from_older_pynvml_are_decoded(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=1, clock=clock)
-    nvml.nvmlDeviceGetName = lambda handle: b"Tesla V100-SXM2-16GB"  # type: ignore[method-assign,assignment,return-value]
-    assert NvmlSource(nvml).read()[0].name == "Tesla V100-SXM2-16GB"
+@pytest.mark.parametrize("code", [pynvml.NVML_ERROR_DRIVER_NOT_LOADED, pynvml.NVML_ERROR_LIBRARY_NOT_FOUND])
+def test_no_driver_is_absent(make: Make, proc: Proc, clock: FakeClock, code: int) -> None:
+    stub = make(1, init_error=code)
+    with pytest.raises(SourceAbsent, match="no NVIDIA driver"):
+        source_for(stub, proc, clock).read()
+
+
+def test_no_gpu_is_absent(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(0)
+    with pytest.raises(SourceAbsent, match="no GPU"):
+        source_for(stub, proc, clock).read()
+
+
+def test_a_driver_library_mismatch_is_fatal_at_init_and_later(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(1, init_error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+    with pytest.raises(FatalSourceError, match="restarts the exporter"):
+        source_for(stub, proc, clock).read()
+    stub.init_error = None
+    source = source_for(stub, proc, clock)
+    source.read()
+    stub.inject_error(FIELDS, pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+    with pytest.raises(FatalSourceError, match="no longer matches"):
+        source.read()
+
+
+def test_other_init_failures_are_errors_and_retried(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(1, init_error=pynvml.NVML_ERROR_NO_PERMISSION)
+    source = source_for(stub, proc, clock)
+    with pytest.raises(SourceError, match="NVML initialisation failed: Insufficient Permissions"):
+        source.read()
+    stub.init_error = None
+    assert len(source.read()) == 1
+
+
+def test_driver_reload_fails_one_read_then_nvml_is_initialised_again(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(2, watts=100.0)
+    source = source_for(stub, proc, clock)
+    clock.advance(10.0)
+    source.read()
+    stub.driver_reload()
+    with pytest.raises(SourceError, match="Uninitialized"):
+        source.read()
+    clock.advance(2.0)
+    assert [r.energy_joules for r in source.read()] == pytest.approx([200.0, 200.0])
+    assert stub.calls["nvmlInitWithFlags"] == 2
+
+
+def test_a_lost_gpu_is_left_out_and_reported_while_the_others_read(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(3, watts=200.0)
+    source = source_for(stub, proc, clock)
+    source.read()
+    stub.board[1].lose()
+    clock.advance(5.0)
+    assert [r.index for r in source.read()] == [0, 2]
+    assert len(source.last_errors) == 1
+    assert "GPU 1" in source.last_errors[0] and "GPU is lost" in source.last_errors[0]
+    stub.board[1].recover()
+    clock.advance(5.0)
+    back = by_index(source.read())
+    assert sorted(back) == [0, 1, 2] and source.last_errors == []
+    assert back[1].energy_joules == pytest.approx(10 * 200.0)  # the counter went on
+
+
+def test_close_shuts_nvml_down(make: Make, proc: Proc, clock: FakeClock) -> None:
+    stub = make(1)
+    source = source_for(stub, proc, clock)
+    source.read()
+    source.close()
+    assert stub.refcount == 0
+    source.read()
+    assert stub.refcount == 1
+
+
+def test_bad_settings_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="gauge_seconds must be >= 0"):
+        NvmlSource(gauge_seconds=-1.0)
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+def test_process_lists_and_samples_merge(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(100, 200, 300, 400)
+    gpu = FakeGpu(0, 300.0, processes=[
+        FakeProcess(100, sm_util=60, mem_util=30, used_memory=8 * GiB),
+        FakeProcess(200, sm_util=0, mem_util=0, used_memory=None),  # an idle context; memory not available
+        FakeProcess(300, sm_util=25, mem_util=5, kind="both"),  # compute and graphics
+        FakeProcess(400, sm_util=10, mem_util=1, kind="graphics"),
+    ])
+    stub = make([gpu])
+    source = source_for(stub, proc, clock)
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert procs_of(r) == {
+        100: (60.0, 30.0, 8 * GiB),
+        200: (0.0, 0.0, None),  # its (0, 0) samples: idle, not unknown
+        300: (25.0, 5.0, GiB),
+        400: (10.0, 1.0, GiB),
+    }
+    assert r.utilization_ratio == pytest.approx(0.95)
+
+
+def test_shares_are_carried_while_no_new_samples_arrive(make: Make, proc: Proc, clock: FakeClock) -> None:
+    """One busy process with little memory, one idle with much: a read that finds no new sample (NOT_FOUND)
+    must not flip the split to memory share."""
+    proc.add(1, 2)
+    stub = make([FakeGpu(0, 300.0, processes=[FakeProcess(1, sm_util=90, used_memory=GiB),
+                                               FakeProcess(2, sm_util=0, used_memory=40 * GiB)])])
+    source = source_for(stub, proc, clock)
+    clock.advance(2.0)
+    assert procs_of(source.read()[0])[1][0] == 90.0
+    clock.advance(0.5)  # no sample period ended: NVML answers NOT_FOUND
+    r = source.read()[0]
+    assert {p: f[0] for p, f in procs_of(r).items()} == {1: 90.0, 2: 0.0}
+    parts, rest = attribution.split_gpu(100.0, r.processes)
+    assert parts == {1: pytest.approx(100.0)} and rest == pytest.approx(0.0)
+    # a process that ends leaves the list and /proc: it is dropped with its carried share
+    stub.board[0].sync()
+    stub.board[0].processes.pop(0)
+    proc.remove(1)
+    clock.advance(20.0)
+    assert procs_of(source.read()[0]) == {2: (0.0, 0.0, 40 * GiB)}
+
+
+def test_a_new_process_is_listed_before_its_first_sample(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(7)
+    stub = make([FakeGpu(0, 300.0, processes=[FakeProcess(7, sm_util=70)])])
+    source = source_for(stub, proc, clock)
+    clock.advance(0.5)  # the driver has no sample yet (NOT_FOUND)
+    assert procs_of(source.read()[0]) == {7: (0.0, 0.0, GiB)}  # memory share in the sampler
+    clock.advance(1.0)
+    assert procs_of(source.read()[0]) == {7: (70.0, 0.0, GiB)}
+
+
+def test_a_process_error_keeps_the_energy_and_the_last_seen_timestamp(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(5)
+    stub = make([FakeGpu(0, 200.0, processes=[FakeProcess(5, sm_util=80)])])
+    source = source_for(stub, proc, clock)
+    clock.advance(3.0)
+    assert procs_of(source.read()[0])[5][0] == 80.0  # samples at 1, 2, 3 s
+    clock.advance(1.0)
+    stub.inject_error(PROC_UTIL, pynvml.NVML_ERROR_UNKNOWN)
+    stub.inject_error(COMPUTE, pynvml.NVML_ERROR_UNKNOWN)
+    failed = source.read()
+    assert failed[0].energy_joules == pytest.approx(800.0)  # the energy is there all the same
+    assert any("process utilization: Unknown Error" in e for e in source.last_errors)
+    stub.board[0].processes[0].sm_util = 20  # samples from 5 s on: 20 %
+    clock.advance(2.0)
+    # the window starts after the 3 s sample: samples at 4 s (80 %), 5 s and 6 s (20 %), not the whole buffer
+    assert procs_of(source.read()[0])[5][0] == pytest.approx(40.0)
+    assert source.last_errors == []
+
+
+def test_a_wall_clock_going_back_does_not_stop_the_samples(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(9)
+    stub = make([FakeGpu(0, 200.0, processes=[FakeProcess(9, sm_util=80)])])
+    source = source_for(stub, proc, clock)
+    clock.advance(3.0)
+    assert procs_of(source.read()[0])[9][0] == 80.0
+    stub.board[0].sync()
+    stub.wall_offset = -3600.0  # NTP steps the clock back an hour
+    stub.board[0].processes[0].sm_util = 30
+    clock.advance(2.0)
+    assert procs_of(source.read()[0])[9][0] == 30.0  # new samples, not the carried 80 %
+    clock.advance(1.0)
+    assert procs_of(source.read()[0])[9][0] == 30.0
+
+
+def test_insufficient_size_between_sizing_and_fill_is_retried(make: Make, proc: Proc, clock: FakeClock) -> None:
+    pids = list(range(1000, 1012))
+    proc.add(*pids)
+    stub = make([FakeGpu(0, 300.0, processes=[FakeProcess(pids[0], sm_util=50)])])
+    source = source_for(stub, proc, clock)
+
+    def burst_of_processes() -> None:  # more than pynvml's 2n + 5 oversizing: its fill call fails
+        stub.board[0].processes.extend(FakeProcess(p, sm_util=5) for p in pids[1:])
+
+    stub.on_sized[COMPUTE] = burst_of_processes
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert source.last_errors == []
+    assert sorted(procs_of(r)) == pids
+    assert stub.calls[COMPUTE] == 4  # sizing, fill (Insufficient Size), sizing, fill
+
+    def another_sample_period() -> None:  # samples written between the two calls of the utilisation read
+        clock.advance(1.0)
+        stub.board[0].sync()
+
+    stub.on_sized[PROC_UTIL] = another_sample_period
+    clock.advance(3.0)  # 36 samples: more than the one-call read has room for, so pynvml's wrapper sizes it
+    stub.reset_counts()
+    r = source.read()[0]
+    assert stub.calls[PROC_UTIL] == 5  # one call too small; sizing, fill (Insufficient Size); sizing, fill
+    assert source.last_errors == [] and procs_of(r)[pids[0]][0] == 50.0
+
+
+def test_a_driver_older_than_r510_is_read_through_the_v2_lists(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(11, 12)
+    stub = make([FakeGpu(0, 250.0, processes=[FakeProcess(11, sm_util=40, used_memory=2 * GiB),
+                                               FakeProcess(12, kind="graphics")])], v3=False)
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):  # what pynvml does on these drivers
+        pynvml.nvmlInit()
+        try:
+            pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
+        finally:
+            pynvml.nvmlShutdown()
+    source = source_for(stub, proc, clock)
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert r.energy_joules == pytest.approx(250.0)
+    assert procs_of(r) == {11: (40.0, 0.0, 2 * GiB), 12: (0.0, 0.0, GiB)}
+    assert source.last_errors == []
+    assert stub.calls["nvmlDeviceGetComputeRunningProcesses_v2"] > 0
+
+
+def test_the_r535_entry_layout_is_detected_and_read(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(1111, 2222, 3333)
+    procs = [FakeProcess(1111, sm_util=10, used_memory=3 * GiB), FakeProcess(2222, sm_util=20, used_memory=5 * GiB),
+             FakeProcess(3333, sm_util=30, used_memory=7 * GiB)]
+    stub = make([FakeGpu(0, 300.0, processes=procs)], entry_bytes=32)
+    pynvml.nvmlInit()
+    try:  # the premise: pynvml alone reads these entries as pids 1111, 0 and 4294967295
+        misread = pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
+        assert [p.pid for p in misread] == [1111, 0, 4294967295]
+    finally:
+        pynvml.nvmlShutdown()
+    source = source_for(stub, proc, clock, list_seconds=0.0)
+    clock.advance(1.0)
+    assert procs_of(source.read()[0]) == {1111: (10.0, 0.0, 3 * GiB), 2222: (20.0, 0.0, 5 * GiB),
+                                          3333: (30.0, 0.0, 7 * GiB)}
+    stub.reset_counts()
+    clock.advance(1.0)
+    assert sorted(procs_of(source.read()[0])) == [1111, 2222, 3333]
+    assert stub.calls[COMPUTE] == 2  # read raw at once: sizing and fill, no pynvml misread first
+
+
+def test_entries_that_cannot_be_real_are_left_out(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(21, 22)
+    stub = make([FakeGpu(0, 300.0, processes=[
+        FakeProcess(21, used_memory=GiB),
+        FakeProcess(22, used_memory=500 * GiB),  # more than the board has
+        FakeProcess(23, used_memory=GiB),  # not in /proc (ended, or another pid namespace)
+    ])])
+    source = source_for(stub, proc, clock)
+    assert sorted(procs_of(source.read()[0])) == [21]
+
+
+def test_mps_clients_are_charged_and_the_server_is_not(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(50, comm="nvidia-cuda-mps-server")
+    proc.add(51, 52)
+    gpu = FakeGpu(0, 400.0, mps_samples_to=50, processes=[
+        FakeProcess(50, used_memory=GiB),  # the server, in the compute list
+        FakeProcess(51, sm_util=60, used_memory=3 * GiB, kind="mps"),
+        FakeProcess(52, sm_util=20, used_memory=1 * GiB, kind="mps"),
+    ])
+    stub = make([gpu])
+    source = source_for(stub, proc, clock)
+    clock.advance(1.0)
+    r = source.read()[0]
+    # the driver reports the clients' SM time under the server (80 %); it goes to the clients by memory
+    assert procs_of(r) == {51: (60.0, 0.0, 3 * GiB), 52: (20.0, 0.0, GiB)}
+    parts, rest = attribution.split_gpu(400.0, r.processes)
+    assert parts == {51: pytest.approx(300.0), 52: pytest.approx(100.0)} and rest == pytest.approx(0.0)
+
+
+def mig_board(**kwargs: object) -> FakeGpu:
+    return FakeGpu(0, 700.0, name="NVIDIA H100 80GB HBM3", mig=[
+        FakeMigDevice(gpu_instance=1, slices=3),
+        FakeMigDevice(gpu_instance=2, slices=1),
+        FakeMigDevice(gpu_instance=3, slices=3),  # no process: its share stays unattributed
+    ], processes=[
+        FakeProcess(61, sm_util=90, used_memory=3 * GiB, gpu_instance=1),
+        FakeProcess(62, sm_util=90, used_memory=1 * GiB, gpu_instance=1),
+        FakeProcess(63, sm_util=90, used_memory=8 * GiB, gpu_instance=2),
+    ], **kwargs)  # type: ignore[arg-type]
+
+
+def test_mig_splits_the_board_by_slices_then_by_memory(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(61, 62, 63)
+    stub = make([mig_board()], privileged=False)  # MIG-device handles answer without privileges
+    source = source_for(stub, proc, clock)
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert source.last_errors == []
+    assert r.energy_joules == pytest.approx(700.0) and r.energy_source == ENERGY_COUNTER
+    assert r.utilization_ratio is None
+    assert [round(s, 6) for _, s in r.mig_shares] == [round(3 / 7, 6), round(1 / 7, 6), round(3 / 7, 6)]
+    assert {p.pid: (p.gpu_instance_id, p.board_share) for p in r.processes} == {
+        61: (1, pytest.approx(3 / 7 * 0.75)), 62: (1, pytest.approx(3 / 7 * 0.25)), 63: (2, pytest.approx(1 / 7)),
+    }
+    parts, rest = attribution.split_gpu(700.0, r.processes)
+    assert parts == {61: pytest.approx(225.0), 62: pytest.approx(75.0), 63: pytest.approx(100.0)}
+    assert rest == pytest.approx(300.0)  # the 3g instance without a process
+    assert stub.calls[PROC_UTIL] == stub.calls["nvmlDeviceGetUtilizationRates"] == 0
+
+
+def test_mig_lists_refused_are_an_error_never_silent(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(61, 62, 63)
+    stub = make([mig_board()], privileged=False, mig_handle_lists=False)
+    source = source_for(stub, proc, clock)
+    r = source.read()[0]
+    assert r.energy_joules is not None and r.processes == ()
+    assert len(source.last_errors) == 1
+    assert "MIG: NVML refused the process lists" in source.last_errors[0]
+    assert "Insufficient Permissions" in source.last_errors[0]
+
+
+def test_mig_with_privileges_reads_the_board_list(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(61, 62, 63)
+    stub = make([mig_board()], privileged=True, mig_handle_lists=False)
+    source = source_for(stub, proc, clock)
+    r = source.read()[0]
+    assert source.last_errors == []
+    assert {p.pid: p.gpu_instance_id for p in r.processes} == {61: 1, 62: 1, 63: 2}
+
+
+def test_mig_instances_are_read_again_and_a_layout_error_keeps_the_energy(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    proc.add(81, 82)
+    board = FakeGpu(0, 700.0, mig=[FakeMigDevice(1, 4)], processes=[FakeProcess(81, gpu_instance=1)])
+    stub = make([board], privileged=False)
+    stub.inject_error("nvmlDeviceGetMaxMigDeviceCount", pynvml.NVML_ERROR_UNKNOWN)
+    source = source_for(stub, proc, clock)
+    first = source.read()[0]
+    assert first.energy_joules is not None and first.processes == ()
+    assert source.last_errors == [f"GPU 0 ({board.uuid}): MIG layout unreadable: Unknown Error"]
+    clock.advance(10.0)  # read again with the process lists
+    assert {p.pid: p.board_share for p in source.read()[0].processes} == {81: pytest.approx(4 / 7)}
+    assert source.last_errors == []
+    assert board.mig is not None
+    board.mig.append(FakeMigDevice(2, 2, uuid="MIG-new"))  # created later, without a GPU reset
+    board.processes.append(FakeProcess(82, gpu_instance=2))
+    clock.advance(60.0)
+    r = source.read()[0]
+    assert {p.pid: p.board_share for p in r.processes} == {81: pytest.approx(4 / 7), 82: pytest.approx(2 / 7)}
+    assert ("MIG-new", pytest.approx(2 / 7)) in r.mig_shares
+
+
+def test_outside_the_host_pid_namespace_processes_are_not_attributed(make: Make, proc: Proc, clock: FakeClock) -> None:
+    proc.add(71)
+    stub = make([FakeGpu(0, 300.0, processes=[FakeProcess(71, sm_util=50)])])
+    source = NvmlSource(pynvml, proc_root=str(proc.root), host_pids=False, clock=clock, wall=stub.wall)
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert r.processes == () and r.energy_joules == pytest.approx(300.0)
+    assert len(source.last_errors) == 1 and "host PID namespace" in source.last_errors[0]
+    assert stub.calls[COMPUTE] == stub.calls[PROC_UTIL] == 0
+
+
+def test_the_pid_namespace_is_detected_from_proc(make: Make, clock: FakeClock) -> None:
+    """On this node (/proc of the exporter's own namespace), the detection decides."""
+    from carbonwatch.sources import pidns
+
+    make(1)
+    source = NvmlSource(pynvml, clock=clock)
+    assert source.host_pids() == pidns.detect("/proc").host_pids
+
+
+# -- what a sample costs --------------------------------------------------------------------------------
+
+
+def test_steady_state_calls_per_gpu_and_sample(make: Make, proc: Proc, clock: FakeClock) -> None:
+    """At 1 Hz: one field-values call for the energy, the per-process samples; the process lists every
+    list_seconds, the utilisation gauge every gauge_seconds. No 3.4-3.5 ms call at all."""
+    pids = [2000 + i for i in range(16)]
+    proc.add(*pids)
+    gpus = [FakeGpu(i, 300.0, processes=[FakeProcess(pids[2 * i], sm_util=60),
+                                         FakeProcess(pids[2 * i + 1], sm_util=20)]) for i in range(8)]
+    stub = make(gpus)
+    source = source_for(stub, proc, clock, gauge_seconds=30.0, list_seconds=10.0)
+    source.read()
+    clock.advance(1.0)
+    source.read()
+    stub.reset_counts()
+    for _ in range(60):
+        clock.advance(1.0)
+        readings = source.read()
+        assert len(readings) == 8 and all(len(r.processes) == 2 for r in readings)
+    per = {name: n / (60 * 8) for name, n in stub.calls.items() if name != "nvmlDeviceGetCount_v2"}
+    assert per[FIELDS] == 1.0
+    assert per[PROC_UTIL] == 1.0  # into a buffer sized from earlier reads: no sizing call
+    assert per[COMPUTE] == pytest.approx(2 / 10)  # sizing and fill, every 10 s
+    assert per["nvmlDeviceGetUtilizationRates"] == pytest.approx(1 / 30)
+    assert ENERGY_CALL not in per and "nvmlDeviceGetPowerUsage" not in per
+    assert stub.cost_seconds / (60 * 8) < 0.3e-3  # the calls with a price measured on an H100
+
+
+# -- pieces ---------------------------------------------------------------------------------------------
 
 
 def test_field_values_are_read_by_their_value_type() -> None:
@@ -269,72 +610,17 @@ def test_field_values_are_read_by_their_value_type() -> None:
     assert _field_number(value) == 250_000.0
 
 
-def test_close_shuts_nvml_down(clock: FakeClock) -> None:
-    nvml = make_fake_nvml(gpus=1, clock=clock)
-    source = NvmlSource(nvml)
-    source.read()
-    source.close()
-    assert nvml.refcount == 0
-    source.read()  # and it can start again
-    assert nvml.refcount == 1
-
-
-# -- the fake itself --------------------------------------------------------------------------------
-
-
-def test_fake_functions_have_pynvml_names_and_parameters() -> None:
-    names = [n for n in dir(FakeNvml) if n.startswith("nvml")]
-    assert len(names) >= 14
-    for name in names:
-        real = getattr(pynvml, name)
-        real_params = list(inspect.signature(real).parameters)
-        assert list(inspect.signature(getattr(FakeNvml, name)).parameters)[1:] == real_params, name
-        assert list(inspect.signature(getattr(fake_nvml, name)).parameters) == real_params, name
-    assert fake_nvml.NVMLError_GpuIsLost is pynvml.NVMLError_GpuIsLost
-    assert isinstance(pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND), fake_nvml.NVMLError_NotFound)
-
-
-def test_module_level_api_uses_the_configured_simulator(clock: FakeClock, restore_default: None) -> None:
-    sim = fake_nvml.configure(gpus=3, clock=clock, watts=50.0)
-    source = NvmlSource(fake_nvml)
-    clock.advance(4.0)
-    readings = source.read()
-    assert [r.energy_joules for r in readings] == pytest.approx([200.0] * 3)
-    assert sim.calls["nvmlDeviceGetCount"] == 1
-
-
-def test_environment_spec_and_processes_file(tmp_path: Path, restore_default: None) -> None:
-    procs = tmp_path / "procs.json"
-    procs.write_text(json.dumps([{"gpu": 1, "pid": 4242, "sm_util": 90}]))
-    spec = {"gpus": 2, "watts": [300, 150], "processes": [{"gpu": 0, "pid": 1, "sm_util": 5}],
-            "processes_file": str(procs)}
-    sim = configure_from_env({"CARBONWATCH_FAKE_NVML": json.dumps(spec)})
-    source = NvmlSource(fake_nvml)
-    r = by_index(source.read())
-    assert [g._constant for g in sim.gpus] == [300.0, 150.0]
-    assert [p.pid for p in r[0].processes] == [1]
-    assert [p.pid for p in r[1].processes] == [4242]
-    procs.write_text(json.dumps([{"gpu": 1, "pid": 5151, "sm_util": 40}]))
-    os.utime(procs, (1, 1))  # a different mtime, whatever the file system's granularity
-    r = by_index(source.read())
-    assert [p.pid for p in r[1].processes] == [5151]
-    assert [p.pid for p in r[0].processes] == [1]
-
-
-def test_environment_spec_defaults_and_errors(restore_default: None) -> None:
-    sim = configure_from_env({"CARBONWATCH_FAKE_NVML": json.dumps({"gpus": 3, "bursty": [50, 400], "period": 4})})
-    assert len(sim.gpus) == 3
-    profile = sim.gpus[0]._profile
-    assert profile is not None and (profile(0.5), profile(3.0)) == (400.0, 50.0)
-    assert configure_from_env({"CARBONWATCH_FAKE_NVML": '{"gpus": 2, "watts": 75}'}).gpus[1]._constant == 75.0
-    with pytest.raises(ValueError, match="one per GPU"):
-        configure_from_env({"CARBONWATCH_FAKE_NVML": '{"gpus": 2, "watts": [1, 2, 3]}'})
-
-
-def test_default_module_simulator_runs_on_real_time(
-    restore_default: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("CARBONWATCH_FAKE_NVML", raising=False)
-    fake_nvml._default = None
-    readings = NvmlSource(fake_nvml).read()
-    assert len(readings) == 2 and readings[0].energy_joules is not None
+def test_the_drop_in_module_serves_pynvml_over_its_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter's `gpu.nvml_module: tests.fakes.fake_nvml` path: a module, not pynvml, is injected."""
+    me = os.getpid()
+    monkeypatch.setenv(fake_nvml.ENV, f'{{"gpus": 2, "watts": [300, 150], "processes": [{{"gpu": 1, "pid": {me}}}]}}')
+    try:
+        fake_nvml.reset()
+        source = NvmlSource(fake_nvml)
+        r = by_index(source.read())
+        assert sorted(r) == [0, 1] and r[1].processes[0].pid == me
+        assert fake_nvml.stub().calls["nvmlInitWithFlags"] == 1
+        with pytest.raises(ValueError, match="watts must be a number or a list of 2"):
+            fake_nvml.configure_from_env({fake_nvml.ENV: '{"gpus": 2, "watts": [1, 2, 3]}'})
+    finally:
+        fake_nvml.reset()

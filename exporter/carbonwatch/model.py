@@ -39,6 +39,11 @@ class GpuProcessUse:
     sm_util: float | None = None  # percent of SM time over the last sample window, 0..100
     mem_util: float | None = None  # percent of memory-controller time, 0..100
     used_memory_bytes: int | None = None
+    # MIG: the GPU instance the process runs in, and the fraction of the whole board's energy it is due (its
+    # instance's slices / the board's slices x its share within the instance). When any process of a reading
+    # has a board_share, the split uses these fractions and leaves the rest of the board unattributed.
+    gpu_instance_id: int | None = None
+    board_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class GpuReading:
     energy_joules: float | None  # hardware counter in joules (since driver load), None without one
     utilization_ratio: float | None  # 0..1
     processes: tuple[GpuProcessUse, ...] = ()
+    # Where the energy comes from: "nvml_counter" (energy_joules set), "nvml_power_average" or
+    # "nvml_power_instant" (energy_joules None: power_watts is integrated); "" from sources that do not say.
+    energy_source: str = ""
+    # MIG mode: (MIG device UUID, fraction of the board's slices its GPU instance holds), one per MIG device.
+    mig_shares: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

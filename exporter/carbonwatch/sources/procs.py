@@ -1,8 +1,10 @@
 """Processes and system CPU time from /proc (root injectable, like client_python's ProcessCollector).
 
 One small read per process per sample (/proc/PID/stat gives ppid, comm, CPU time, start time and RSS);
-the environment (for CARBONWATCH_RUN_ID) is read once per process lifetime and cached, because a
-process's /proc/PID/environ is fixed at exec time anyway.
+the environment (CARBONWATCH_RUN_ID and the other CARBONWATCH_* and SLURM_* variables) and the cgroup
+(/proc/PID/cgroup: which pod, container or SLURM job) are read once per process lifetime and cached, keyed
+by (pid, start time): /proc/PID/environ is fixed at exec time, and a container's or job's processes stay in
+its cgroup.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from carbonwatch.model import CpuTimes, ProcessReading, SourceError
 from carbonwatch.registration import RUN_ID_RE
 
 RUN_ENV = b"CARBONWATCH_RUN_ID="
+ENV_PREFIXES = (b"CARBONWATCH_", b"SLURM_")  # the variables kept in ProcessReading.environ
+MAX_ENV_VARS = 256  # per process: an environment with more of them keeps the first
+MAX_ENV_VALUE = 1024  # characters kept of one value (label validation rejects anything near that long)
+MAX_CGROUP_BYTES = 16384
 _TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -49,13 +55,35 @@ def run_id_from_environ(raw: bytes) -> str | None:
     return None
 
 
+def selected_environ(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """The CARBONWATCH_* and SLURM_* variables of a NUL-separated environment block, in order. Invalid UTF-8
+    becomes U+FFFD (label validation rejects such values, naming the reason); values are cut at
+    MAX_ENV_VALUE characters, and at most MAX_ENV_VARS variables are kept."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in raw.split(b"\0"):
+        if not entry.startswith(ENV_PREFIXES):
+            continue
+        name_b, sep, value_b = entry.partition(b"=")
+        if not sep:
+            continue
+        name = name_b.decode("ascii", "replace")
+        if name in seen:  # the first wins, as getenv(3) finds it
+            continue
+        seen.add(name)
+        out.append((name, value_b[: MAX_ENV_VALUE * 4].decode("utf-8", "replace")[:MAX_ENV_VALUE]))
+        if len(out) >= MAX_ENV_VARS:
+            break
+    return tuple(out)
+
+
 class ProcScanner:
     """Scans every process under `proc_root` on each call to `read()`."""
 
     def __init__(self, proc_root: str = "/proc") -> None:
         self.proc_root = proc_root
-        # (pid, start) -> run id from the environment, or None: read once per process
-        self._env_cache: dict[tuple[int, float], str | None] = {}
+        # (pid, start) -> (run id, selected environment, cgroup): read once per process
+        self._env_cache: dict[tuple[int, float], tuple[str | None, tuple[tuple[str, str], ...], str]] = {}
         self._denied: set[tuple[int, float]] = set()
         self.environ_denied = 0  # live processes whose environment could not be read (last scan)
 
@@ -79,6 +107,13 @@ class ProcScanner:
         if total <= 0:
             raise SourceError(f"{self.proc_root}/stat has no aggregate cpu line")
         return CpuTimes(total=total, busy=busy, ncpu=max(ncpu, 1))
+
+    def list_pids(self) -> set[int]:
+        """Every pid under proc_root (its numeric entries), without reading any process."""
+        try:
+            return {int(n) for n in os.listdir(self.proc_root) if n.isdigit()}
+        except OSError as exc:
+            raise SourceError(f"cannot list {self.proc_root}: {exc.strerror}") from None
 
     def children(self, pids: Iterable[int]) -> set[int]:
         """Direct children of `pids` (their main thread's /proc/PID/task/PID/children): how new
@@ -115,19 +150,25 @@ class ProcScanner:
                 continue  # vanished mid-read, or a kernel oddity: skip this process this time
             key = (pid, start)
             seen.add(key)
-            if key in self._env_cache:
-                run_id = self._env_cache[key]
-            else:
+            cached = self._env_cache.get(key)
+            if cached is None:
                 try:
-                    run_id = run_id_from_environ(_read(f"{base}/{name}/environ", 1 << 20))
-                    self._env_cache[key] = run_id
+                    raw_env = _read(f"{base}/{name}/environ", 1 << 20)
+                    run_id, environ = run_id_from_environ(raw_env), selected_environ(raw_env)
                 except PermissionError:
-                    run_id = None  # without root / same uid / CAP_SYS_PTRACE; run membership then
-                    self._env_cache[key] = None  # comes from the parent or a registration
+                    # without root / same uid / CAP_SYS_PTRACE; run membership then comes from the parent, a
+                    # registration, the cgroup (pod, SLURM job) or the kubelet
+                    run_id, environ = None, ()
                     self._denied.add(key)
                 except OSError:
                     continue
-            out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id))
+                try:  # world-readable; what is unreadable here is a process that just ended
+                    cgroup = _read(f"{base}/{name}/cgroup", MAX_CGROUP_BYTES).decode("utf-8", "replace")
+                except OSError:
+                    cgroup = ""
+                cached = self._env_cache[key] = (run_id, environ, cgroup)
+            run_id, environ, cgroup = cached
+            out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id, environ, cgroup))
         if full and len(self._env_cache) > len(seen):
             self._env_cache = {k: v for k, v in self._env_cache.items() if k in seen}
             self._denied &= seen
