@@ -117,7 +117,7 @@ def test_exporter_attributes_real_processes_and_fake_gpus(tmp_path, busy_run):
         assert exp.stop() == 0, exp.log()
 
 
-def test_exporter_survives_nvml_failing_to_load(tmp_path):
+def test_a_node_without_nvidia_driver_has_no_gpu_to_measure_which_is_not_a_failure(tmp_path):
     # the real pynvml on a machine without the NVIDIA driver: nvmlInit fails (library not found)
     exp = start_exporter(
         tmp_path,
@@ -126,7 +126,10 @@ def test_exporter_survives_nvml_failing_to_load(tmp_path):
     try:
         time.sleep(1.0)
         m = samples(exp.scrape())
-        assert one(m["carbonwatch_collector_success"], collector="gpu") == 0
+        assert one(m["carbonwatch_collector_success"], collector="gpu") == 1
+        assert one(m["carbonwatch_collector_devices"], collector="gpu") == 0
+        info = [lab for lab, _ in m["carbonwatch_collector_info"] if lab["collector"] == "gpu"]
+        assert info[0]["status"] == "absent" and "NVML" in info[0]["reason"]
         assert one(m["carbonwatch_collector_success"], collector="cpu") == 1
         assert "carbonwatch_gpu_info" not in m
         assert m["carbonwatch_cpu_energy_joules_total"]

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("carbonwatch.client.runs_cli", "list runs recorded in local mode"),
     "intensity": ("carbonwatch.intensity_cli", "print the grid carbon intensity of a zone and its source"),
     "report": ("carbonwatch.report", "report a run's energy, emissions, cost and budget from Prometheus"),
+    "job": ("carbonwatch.job", "a SLURM job's energy, emissions and cost by job id, as sacct prints them"),
     "stack": ("carbonwatch.stack", "start, stop or inspect the native Prometheus stack"),
     "budgets": ("carbonwatch.budgets", "render alerting/budgets.yml into Prometheus rules"),
 }

@@ -178,7 +178,7 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     # `run` is the run client's section of a shared file (carbonwatch.client.settings validates it)
     top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
-           "storage"}
+           "storage", "kubernetes", "slurm"}
     _unknown("", data, top)
     if "zone" in data:
         cfg.zone = validate_zone(data["zone"])
@@ -238,9 +238,7 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     storage = _section(data, "storage")
     _unknown("storage", storage, {f.name for f in fields(StorageConfig)})
     if "path" in storage:
-        cfg.storage.path = str(_check_type("storage.path", storage["path"], str))
-        if not cfg.storage.path.strip():
-            raise ConfigError("storage.path: must not be empty")
+        cfg.storage.path = check_storage_path(str(_check_type("storage.path", storage["path"], str)))
     if "interval" in storage:
         cfg.storage.interval = parse_duration(storage["interval"], "storage.interval")
         if not 0.1 <= cfg.storage.interval <= 60:
@@ -315,12 +313,28 @@ def validate_slurm_cluster(value: Any, what: str = "slurm.cluster") -> str:
     return value
 
 
+def check_storage_path(path: str, what: str = "storage.path") -> str:
+    """The directory of the state file: not empty, and not a file (nor below one), so the exporter does not
+    start only to fail every write of its counters."""
+    if not path.strip():
+        raise ConfigError(f"{what}: must not be empty")
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ConfigError(f"{what}: {path!r} cannot be the state directory: {str(q)!r} is a file")
+            break
+    return path
+
+
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config.file: cannot read {str(p)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config.file: {str(p)!r} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -11,16 +11,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from carbonwatch import __version__
+from carbonwatch import __version__, web
 from carbonwatch.collector import SnapshotCollector, render_text
-from carbonwatch.config import COLLECTORS, ExporterConfig, apply_mapping, load_file, validate, validate_zone
+from carbonwatch.config import (
+    COLLECTORS,
+    ExporterConfig,
+    apply_mapping,
+    check_storage_path,
+    load_file,
+    validate,
+    validate_zone,
+)
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
+from carbonwatch.identity import build_resolver
 from carbonwatch.intensity import settings_from_config
 from carbonwatch.intensity_collector import IntensityCollector
 from carbonwatch.intensity_feed import FEED_PATH, IntensityFeed, feed_from_config
@@ -28,6 +35,7 @@ from carbonwatch.model import FatalSourceError
 from carbonwatch.registration import HEARTBEAT
 from carbonwatch.sampler import Sampler, Sources, build_sources
 from carbonwatch.state import StateStore
+from carbonwatch.web import Landing, Route, WebServer, load_web_config
 
 log = logging.getLogger("carbonwatch.exporter")
 
@@ -37,6 +45,9 @@ ENV_PREFIX = "CARBONWATCH_"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
                    help="address to serve /metrics on (default :9860; env CARBONWATCH_WEB_LISTEN_ADDRESS)")
+    p.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                   help="exporter-toolkit web configuration: TLS, client certificates, basic auth "
+                        "(env CARBONWATCH_WEB_CONFIG_FILE); see docs/exporter.md")
     p.add_argument("--config.file", dest="config_file", metavar="FILE",
                    help="YAML configuration (env CARBONWATCH_CONFIG_FILE); see docs/exporter.md")
     p.add_argument("--sample-interval", dest="sample_interval", metavar="DURATION",
@@ -52,6 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default /var/lib/carbonwatch; env CARBONWATCH_STORAGE_PATH)")
     p.add_argument("--log.level", dest="log_level", default=os.environ.get("CARBONWATCH_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"], help="log level (default info)")
+
+
+def web_config_what(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """Which flag, variable or key named the web configuration file (for error messages)."""
+    env = os.environ if environ is None else environ
+    if getattr(args, "web_config_file", None):
+        return "--web.config.file"
+    return "CARBONWATCH_WEB_CONFIG_FILE" if env.get(ENV_PREFIX + "WEB_CONFIG_FILE") else "web.config_file"
 
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
@@ -76,13 +95,19 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     listen = args.listen_address or env.get(ENV_PREFIX + "WEB_LISTEN_ADDRESS")
     if listen:
         cfg.listen_address = listen
+    web_config = getattr(args, "web_config_file", None) or env.get(ENV_PREFIX + "WEB_CONFIG_FILE")
+    if web_config:
+        cfg.web_config_file = web_config
+    if cfg.web_config_file:
+        load_web_config(cfg.web_config_file, web_config_what(args, env))  # a bad file exits 2 before sampling
     interval = args.sample_interval or env.get(ENV_PREFIX + "SAMPLE_INTERVAL")
     if interval:
         what = "--sample-interval" if args.sample_interval else "CARBONWATCH_SAMPLE_INTERVAL"
         cfg.sample_interval = parse_duration(interval, what)
     storage = getattr(args, "storage_path", None) or env.get(ENV_PREFIX + "STORAGE_PATH")
     if storage:
-        cfg.storage.path = storage
+        what = "--storage.path" if getattr(args, "storage_path", None) else "CARBONWATCH_STORAGE_PATH"
+        cfg.storage.path = check_storage_path(storage, what)
     zone = args.zone or env.get(ENV_PREFIX + "ZONE")
     if zone:
         cfg.zone = validate_zone(zone, "--zone" if args.zone else "CARBONWATCH_ZONE")
@@ -141,7 +166,7 @@ class Node:
         self.cfg = cfg
         self.feed = feed_from_config(cfg.intensity, cfg.zone)
         self.sources = build_sources(cfg)
-        self.resolver = _resolver(cfg)
+        self.resolver = build_resolver(cfg)
         self.sampler = Sampler(cfg, self.sources, intensity=self.feed.in_use, resolver=self.resolver)
         self.store = StateStore(cfg.storage.path)
         self.registry = build_registry(cfg, self.sources, self.sampler, self.feed, self.store)
@@ -155,9 +180,7 @@ class Node:
         if restored.state is not None:
             self.sampler.restore_state(restored.state)
         self.feed.start(self.stop)
-        start = getattr(self.resolver, "start", None)
-        if start is not None:
-            start()
+        self.resolver.start()  # the kubelet's pod list, refreshed in the background
         self.sampler.sample_once()  # baseline, so the first scrape after one interval has real deltas
         self.save()
         self._thread = threading.Thread(target=self._loop, name="carbonwatch-sampler", daemon=True)
@@ -183,9 +206,7 @@ class Node:
         self.stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        close = getattr(self.resolver, "close", None)
-        if close is not None:
-            close()
+        self.resolver.close()
         self.save()
 
     def routes(self) -> dict[str, Callable[[Mapping[str, list[str]]], tuple[int, bytes, str]]]:
@@ -214,47 +235,23 @@ def touch_heartbeat(spool: str) -> None:
         pass  # a spool directory we may not write: clients then measure locally, as without an exporter
 
 
-def _resolver(cfg: ExporterConfig) -> Any:
-    try:
-        from carbonwatch.identity import build_resolver  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return build_resolver(cfg)
-
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LANDING = b"""<html><head><title>carbonwatch exporter</title></head><body><h1>carbonwatch exporter</h1>
-<p><a href="/metrics">Metrics</a></p></body></html>"""
-
-
-def serve(host: str, port: int, registry: CollectorRegistry) -> ThreadingHTTPServer:
-    """Serve /metrics from `registry` in a daemon thread. A scrape only formats the latest snapshot."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body, ctype, code = render_text([registry]), CONTENT_TYPE, 200
-            elif path == "/":
-                body, ctype, code = LANDING, "text/html; charset=utf-8", 200
-            else:
-                body, ctype, code = b"not found: try /metrics\n", "text/plain", 404
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("%s %s", self.address_string(), format % args)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-    server = Server((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="carbonwatch-http", daemon=True).start()
-    return server
+def serve(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    *,
+    web_config_file: str | None = None,
+    routes: Mapping[str, Route] | None = None,
+    what: str = "--web.config.file",
+) -> WebServer:
+    """Serve /metrics from `registry` (plus `routes` and the landing page) in a daemon thread, with the web
+    configuration's TLS and basic auth. A scrape only formats the latest snapshot (carbonwatch.web)."""
+    landing = Landing(
+        version=__version__,
+        links=(("/metrics", "Metrics"),) + tuple((path, path) for path in (routes or {})),
+    )
+    return web.serve(host, port, [registry], web_config_file=web_config_file or None, routes=routes,
+                     landing=landing, what=what, text_renderer=render_text)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -271,13 +268,14 @@ def main(args: argparse.Namespace) -> int:
     registry = node.registry
     host, port = cfg.listen_host_port()
     try:
-        server = serve(host, port, registry)
+        server = serve(host, port, registry, web_config_file=cfg.web_config_file, routes=node.routes(),
+                       what=web_config_what(args))  # fmt: skip
     except OSError as exc:
         raise ConfigError(f"--web.listen-address: cannot listen on {cfg.listen_address}: {exc.strerror}") from None
     actual = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d/metrics (zone=%s, sample interval %gs)", shown, actual, cfg.zone,
-             cfg.sample_interval)
+    log.info("listening on %s://%s:%d/metrics (zone=%s, sample interval %gs%s)", server.scheme, shown, actual,
+             cfg.zone, cfg.sample_interval, web.describe(server.web.config))
 
     def _stop(signum: int, _frame: object) -> None:
         stop.set()

@@ -12,14 +12,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 from carbonwatch.config import ExporterConfig
 from carbonwatch.counters import Counters, grams_per_joule
-from carbonwatch.identity import ContainerRef, IdentityResolver, ProcessIdentity, RunIdentity
+from carbonwatch.identity import ContainerRef, IdentityResolver, ProcessIdentity, Resolver
 from carbonwatch.meters import (
     CpuMeter,
     CpuModel,
@@ -103,7 +103,8 @@ def build_sources(cfg: ExporterConfig) -> Sources:
         module: ModuleType | None = None
         if cfg.gpu.nvml_module != "pynvml":
             module = _import_nvml(cfg.gpu.nvml_module)
-        s.nvml = NvmlSource(module)  # connects on its first read: a missing driver is reported per sample
+        # connects on its first read: a missing driver is reported per sample; NVML pids are checked in proc_root
+        s.nvml = NvmlSource(module, proc_root=cfg.process.proc_root)
     want_rapl = (on.get("cpu", True) and cfg.cpu.source != "model") or (
         on.get("memory", True) and cfg.memory.source != "model"
     )
@@ -160,49 +161,6 @@ def _list_pids(proc_root: str) -> set[int]:
         return set()
 
 
-class BasicResolver:
-    """Run membership from what every node has: a process's own CARBONWATCH_RUN_ID (`env`), a registration of
-    it by the in-code run client (`registration`), else its parent's run (`parent`). The fleet resolver
-    (Kubernetes, SLURM) extends this order; see carbonwatch.identity."""
-
-    def assign(
-        self, readings: Sequence[ProcessReading], regs: Sequence[Registration]
-    ) -> dict[int, ProcessIdentity]:
-        by_pid = {p.pid: p for p in readings}
-        registered: dict[int, str] = {}
-        for r in regs:
-            p = by_pid.get(r.pid)
-            if p is not None and (r.start_time is None or abs(p.start_time - r.start_time) < 0.05):
-                registered[r.pid] = r.run_id
-        memo: dict[int, RunIdentity | None] = {}
-
-        def run_of(pid: int, depth: int = 0) -> RunIdentity | None:
-            if pid in memo:
-                return memo[pid]
-            p = by_pid.get(pid)
-            if p is None or depth > 256:
-                return None
-            rid: RunIdentity | None = None
-            if p.run_id:
-                rid = RunIdentity(p.run_id, "env", _env_labels(p))
-            elif pid in registered:
-                rid = RunIdentity(registered[pid], "registration", _env_labels(p))
-            elif p.ppid not in (0, pid):
-                rid = run_of(p.ppid, depth + 1)  # a child is in its parent's run, found the same way
-            memo[pid] = rid
-            return rid
-
-        return {p.pid: ProcessIdentity(run=run_of(p.pid)) for p in readings}
-
-
-_LABEL_ENV = {"CARBONWATCH_USER": "user", "CARBONWATCH_PROJECT": "project", "CARBONWATCH_MODEL": "model",
-              "CARBONWATCH_TEAM": "team"}
-
-
-def _env_labels(p: ProcessReading) -> dict[str, str]:
-    return {_LABEL_ENV[k]: v for k, v in p.environ if k in _LABEL_ENV and v}
-
-
 class Sampler:
     """One sample: read the sources, let each component's meter (carbonwatch.meters) turn its reading into
     the interval's device energy split among processes, add it to the process, run, container and node
@@ -231,9 +189,9 @@ class Sampler:
         self.only_runs = only_runs  # local mode: expose only run processes (no top N)
         self.boot_clock = boot_clock or _boot_clock
         self.intensity = intensity  # None: no emissions (energy only)
-        self.resolver: IdentityResolver = resolver or BasicResolver()
+        self.resolver: IdentityResolver = resolver or Resolver(proc_root=cfg.process.proc_root)
         self.counters = Counters()
-        rapl = RaplDeltas()
+        self.rapl_deltas = rapl = RaplDeltas()
         self.gpu_meter = GpuMeter()
         self.cpu_meter = CpuMeter(cfg, sources.cpu_model, rapl)
         self.memory_meter = MemoryMeter(cfg, sources.memory_model, rapl)
@@ -252,6 +210,7 @@ class Sampler:
         self.mem_total = 0
         self._components: set[str] = set()  # components this node has reported energy for
         self.devices_found: dict[str, int] = {}  # collector -> devices read at the last sample
+        self._failing: dict[str, str] = {}  # collector -> the error logged for it, while it fails
 
     @property
     def cpu_source(self) -> str:
@@ -291,6 +250,7 @@ class Sampler:
 
         factor = grams_per_joule(intensity.grams_per_kwh) if intensity is not None else None
         devices = [self._device(d, dt) for m in measured.values() for d in m.devices]
+        self._log_status(status)
         self._components |= {d.component for d in devices}
         self._t, self._boot_prev = t, boot_now
         if cpu_times is not None:
@@ -352,7 +312,19 @@ class Sampler:
         except Exception as exc:  # a source must never kill the exporter
             log.exception("collector %s failed", name)
             status[name] = CollectorStatus(False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
+            self._failing[name] = f"{type(exc).__name__}: {exc}"
         return None
+
+    def _log_status(self, status: Mapping[str, CollectorStatus]) -> None:
+        """Log a collector's failure when it starts or its reason changes, and its recovery: once, not at
+        every sample (the reason is served all along in carbonwatch_collector_info)."""
+        for name, st in status.items():
+            if not st.success and self._failing.get(name) != st.error:
+                self._failing[name] = st.error
+                log.warning("collector %s failed: %s", name, st.error)
+            elif st.success and name in self._failing:
+                del self._failing[name]
+                log.info("collector %s works again", name)
 
     def _intensity(self, status: dict[str, CollectorStatus]) -> IntensityInUse | None:
         if self.intensity is None:
@@ -442,8 +414,15 @@ class Sampler:
         if self.s.rapl is None:
             return None
         reading = self._timed(status, "rapl", self.s.rapl.read)
-        if reading is None and not self.s.rapl_expected:
-            status.pop("rapl", None)
+        if reading is None:
+            # Where the model fills in (source auto) until RAPL is readable again, the RAPL delta across the gap
+            # would count that time a second time: RAPL starts again from a fresh baseline. With source rapl
+            # nothing fills in, and the delta across the gap is the energy drawn meanwhile.
+            for comp, source in (("cpu", self.cfg.cpu.source), ("memory", self.cfg.memory.source)):
+                if source != "rapl":
+                    self.rapl_deltas.forget(comp)
+            if not self.s.rapl_expected:
+                status.pop("rapl", None)
         return reading
 
     # -- accumulate and publish -------------------------------------------------------------------
