@@ -1,13 +1,23 @@
 # Each target does its own set-up first, so a fresh Debian machine needs nothing else.
 PY := .venv/bin/python
+BIN := $(HOME)/.local/bin
 
-.PHONY: setup demo test lint bench docs clean
+.PHONY: setup path demo test lint bench docs clean
 
 setup:
 	scripts/setup.sh
+	@$(MAKE) --no-print-directory path
 
-demo:
-	scripts/setup.sh
+# `carbonwatch` on PATH: a link in ~/.local/bin (on PATH in Debian's default ~/.profile) to this checkout's.
+path:
+	@mkdir -p $(BIN) && ln -sfn $(CURDIR)/.venv/bin/carbonwatch $(BIN)/carbonwatch
+	@case ":$$PATH:" in \
+	  *":$(BIN):"*) echo "path: carbonwatch is on PATH ($(BIN)/carbonwatch -> $(CURDIR)/.venv/bin/carbonwatch)";; \
+	  *) echo "path: linked $(BIN)/carbonwatch; $(BIN) is not on PATH in this shell, add it with:"; \
+	     echo '  export PATH="$$HOME/.local/bin:$$PATH"';; \
+	esac
+
+demo: setup
 	$(PY) -m carbonwatch.demo
 
 test:

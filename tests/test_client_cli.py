@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     cfg = tmp_path / "cw.yml"
     cfg.write_text("run:\n  push_interval: 0.1s\n  meter_interval: 0.2s\n  budget_interval: 0.2s\n  retention: 1s\n")
     e["CARBONWATCH_CONFIG"] = str(cfg)
+    e["CARBONWATCH_SPOOL_DIR"] = str(tmp_path / "spool")  # no node exporter's heartbeat unless a test writes one
+    e["CARBONWATCH_STACK"] = "none"  # nor the stack settings file of the user running the tests
     return e
 
 
@@ -103,9 +106,12 @@ def test_run_id_and_gateway_reach_the_command_and_labels_are_visible_while_it_ru
         grandchild = subprocess.run([sys.executable, "-c", "import os; print(os.environ['CARBONWATCH_RUN_ID'])"],
                                     capture_output=True, text=True).stdout.strip()
         json.dump({{"self": os.environ.get("CARBONWATCH_RUN_ID"), "grandchild": grandchild,
-                   "gw": os.environ.get("CARBONWATCH_PUSHGATEWAY")}}, open({str(seen)!r}, "w"))
+                   "gw": os.environ.get("CARBONWATCH_PUSHGATEWAY"),
+                   "labels": [os.environ.get("CARBONWATCH_" + k) for k in ("USER", "PROJECT", "MODEL", "TEAM")]}},
+                  open({str(seen)!r}, "w"))
         time.sleep(1.5)
     """)
+    env = dict(env, CARBONWATCH_MODEL="stale-from-the-shell")
     p = cw("run", "--pushgateway", gateway.url, "--run-id", "cli-live", "--model", "mlp", "--project", "demo",
            "--budget-grams", "100", "--", PY, "-c", script, env=env)
     try:
@@ -117,9 +123,25 @@ def test_run_id_and_gateway_reach_the_command_and_labels_are_visible_while_it_ru
     finally:
         rc, _, err = finish(p)
     assert rc == 0, err
-    assert json.loads(seen.read_text()) == {"self": "cli-live", "grandchild": "cli-live", "gw": gateway.url}
-    # final state, then the group goes away after the retention (1s in this config)
-    wait_for(lambda: gateway.samples("cli-live") == {}, timeout=15, what="group deletion")
+    assert json.loads(seen.read_text()) == {"self": "cli-live", "grandchild": "cli-live", "gw": gateway.url,
+                                            "labels": ["alice", "demo", "mlp", None]}
+    # The final state stays on the gateway for a later sweep; no process of the run is left behind.
+    assert one(gateway.samples("cli-live"), "carbonwatch_run_info")[0]["status"] == "succeeded"
+    assert processes_of("cli-live") == []
+
+
+def processes_of(run_id: str) -> list[str]:
+    """Command lines of the live processes that mention `run_id` (a left-behind clean-up process would)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if run_id in cmd:
+                out.append(cmd)
+    return out
 
 
 def test_sigterm_to_the_wrapper_reaches_the_command_and_the_run_ends_stopped(
@@ -150,18 +172,7 @@ def test_sigterm_to_the_wrapper_reaches_the_command_and_the_run_ends_stopped(
     assert "carbonwatch_run_end_time_seconds" in gateway.samples("cli-term")
     rec = records(env)[-1]
     assert rec["status"] == "stopped" and rec["exit_code"] == 143
-    _kill_reaper_of("cli-term")
-
-
-def _kill_reaper_of(run_id: str) -> None:
-    """The wrapper's detached clean-up process for `run_id` (started by the test's command) is ended here."""
-    out = subprocess.run(["pgrep", "-f", f"carbonwatch.client.reaper .*--run-id {run_id} "],
-                         capture_output=True, text=True).stdout.split()
-    for pid in out:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    assert processes_of("cli-term") == []
 
 
 def test_budget_stop_interrupts_the_command_like_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
@@ -182,7 +193,11 @@ def test_budget_stop_interrupts_the_command_like_ctrl_c(env: dict[str, str], tmp
     assert rc == 130, err
     assert time.monotonic() - t0 < 20
     assert marker.read_text() == "checkpointed"
-    assert "exceeded its budget" in err
+    said = [line for line in err.splitlines() if "exceeded its carbon budget" in line]
+    assert len(said) == 1, err  # once, with figures that tell how far over
+    assert re.search(r"run cli-budget exceeded its carbon budget: [0-9.]+ m?g CO2e of 0\.000001 g \([0-9,.]+ %\); "
+                     r"stopping the command \(SIGINT", said[0]), said[0]
+    assert "0.000 g" not in err
     rec = records(env)[-1]
     assert rec["status"] == "stopped" and rec["over_budget"] is True
     assert rec["emissions_grams"] > 0.000001  # type: ignore[operator]
@@ -217,7 +232,6 @@ def test_in_code_api_inside_the_wrapper_adds_progress_to_the_same_group(
     assert one(s, "carbonwatch_run_info")[0]["status"] == "succeeded"
     assert one(s, "carbonwatch_run_samples_total")[1] == 128  # the wrapper's final push kept the progress
     assert len(records(env)) == 1  # one record per run: the script's client leaves it to the wrapper
-    _kill_reaper_of("cli-nested")
 
 
 def test_local_mode_measures_the_command_and_runs_lists_it_as_table_and_csv(env: dict[str, str]) -> None:
@@ -233,6 +247,7 @@ def test_local_mode_measures_the_command_and_runs_lists_it_as_table_and_csv(env:
     grams = float(rec["emissions_grams"])  # type: ignore[arg-type]
     assert grams == pytest.approx(sum(energy.values()) / 3.6e6 * float(rec["intensity_grams_per_kwh"]))  # type: ignore[arg-type]
     assert "energy cpu" in err and "car-km" in err
+    assert "labels        reached no Pushgateway (none configured" in err
     rc, out, _ = finish(cw("runs", env=env))
     assert rc == 0 and "cli-local" in out and "succeeded" in out
     rc, out, _ = finish(cw("runs", "--format", "csv", env=env))
@@ -250,6 +265,33 @@ def test_dead_gateway_costs_the_command_nothing(env: dict[str, str]) -> None:
     assert time.monotonic() - t0 < 15
     assert "cannot push to the Pushgateway" in err
     assert records(env)[-1]["pushed"] is False
+    said = [line for line in err.splitlines() if line.startswith("  labels ")]
+    assert len(said) == 1 and "reached no Pushgateway: 127.0.0.1:" in said[0] and "did not answer" in said[0], err
+    assert "Traceback" not in err
+
+
+def test_with_a_live_node_exporter_the_wrapper_measures_nothing_itself(env: dict[str, str], tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "exporter.alive").touch()  # what a running node exporter keeps fresh
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass\n"
+    rc, _, err = finish(cw("run", "--run-id", "cli-node", "--project", "p", "--", PY, "-c", burn, env=env))
+    assert rc == 0, err
+    assert "run id cli-node (measured by the node exporter)" in err
+    assert "measured by the node exporter, not in this process" in err and "energy cpu" not in err
+    assert "the node exporter publishes them from the command's environment" in err
+    rec = records(env)[-1]
+    assert (rec["measurement"], rec["energy_joules"], rec["emissions_grams"]) == ("node exporter", {}, None)
+    rc, out, _ = finish(cw("runs", env=env))  # a record without figures lists them as unknown, not 0
+    row = next(line for line in out.splitlines() if line.startswith("cli-node"))
+    assert row.split()[-2:] == ["-", "-"]
+
+
+def test_an_unknown_zone_is_refused_before_the_command_starts(env: dict[str, str], tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    rc, _, err = finish(cw("run", "--zone", "XX", "--", PY, "-c", f"open({str(started)!r}, 'w')", env=env))
+    assert rc == 2 and not started.exists()
+    assert "zone: 'XX' is not a known grid zone" in err and "carbonwatch intensity --list-zones" in err
 
 
 def test_wait_below_starts_the_command_once_the_grid_is_clean_enough(env: dict[str, str], tmp_path: Path) -> None:

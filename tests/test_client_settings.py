@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from carbonwatch.client import runsfile
 from carbonwatch.client.labels import validate_label, validate_metric_name, validate_run_id
-from carbonwatch.client.settings import default_runs_file, resolve
+from carbonwatch.client.settings import default_runs_file, read_stack_file, resolve, write_stack_file
 from carbonwatch.client.summary import build_record, format_summary
 from carbonwatch.errors import ConfigError
 
@@ -23,7 +24,7 @@ def test_precedence_is_file_then_env_then_flags(tmp_path: Path) -> None:
     assert (s.pushgateway, s.project, s.user, s.zone, s.retention) == ("flag:9091", "from-env", "carol", "DE", 120)
     assert (s.price_per_kwh, s.currency) == (0.3, "EUR")
     assert not s.local_mode
-    assert resolve(environ={}).local_mode
+    assert resolve(environ={"CARBONWATCH_STACK": "none"}).local_mode
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_runs_file_appends_skips_broken_lines_and_writes_csv(tmp_path: Path) -> 
     assert csv_text.splitlines()[1].startswith("a,u,")
     assert "3600000.0" in csv_text
     text = format_summary(got[0])
-    assert "1.000 kWh" in text and "400 g CO2e" in text and "0.2500 EUR" in text and "50.0% used" in text
+    assert "energy total  1 kWh" in text and "400 g CO2e" in text and "0.2500 EUR" in text and "50 % used" in text
     assert "[rapl]" in text and "EPA" in text
     json.dumps(got)  # stays JSON
 
@@ -90,3 +91,67 @@ def test_runs_file_appends_skips_broken_lines_and_writes_csv(tmp_path: Path) -> 
 def test_default_runs_file_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert default_runs_file() == tmp_path / "carbonwatch" / "runs.jsonl"
+
+
+def test_the_stack_settings_file_points_runs_at_the_stack(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "stack.json").write_text("{}")
+    home = tmp_path / "config"
+    write_stack_file(home / "carbonwatch" / "stack.env", {
+        "CARBONWATCH_STACK_STATE_DIR": str(state),
+        "CARBONWATCH_PUSHGATEWAY": "http://127.0.0.1:19091",
+        "CARBONWATCH_PROMETHEUS": "http://127.0.0.1:${PROMETHEUS_PORT:-19090}",
+    }, "written by a test")  # fmt: skip
+    env = {"XDG_CONFIG_HOME": str(home)}
+    s = resolve(environ=env)
+    assert (s.pushgateway, s.prometheus) == ("http://127.0.0.1:19091", "http://127.0.0.1:19090")
+    assert s.stack_file == str(home / "carbonwatch" / "stack.env") and not s.local_mode
+    assert resolve(environ={**env, "PROMETHEUS_PORT": "29090"}).prometheus == "http://127.0.0.1:29090"
+    # the config file, the environment and flags each win over it
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("run:\n  pushgateway: file:9091\n")
+    assert resolve(config_file=str(cfg), environ=env).pushgateway == "file:9091"
+    assert resolve(environ={**env, "CARBONWATCH_PUSHGATEWAY": "env:9091"}).pushgateway == "env:9091"
+    assert resolve({"pushgateway": "flag:9091"}, environ=env).pushgateway == "flag:9091"
+    # CARBONWATCH_STACK=none reads no file; another path reads that one
+    assert resolve(environ={**env, "CARBONWATCH_STACK": "none"}).local_mode
+    other = write_stack_file(tmp_path / "other.env", {"CARBONWATCH_PUSHGATEWAY": "other:9091"})
+    assert resolve(environ={**env, "CARBONWATCH_STACK": str(other)}).pushgateway == "other:9091"
+    # a stopped stack's leftover file is ignored
+    (state / "stack.json").unlink()
+    assert resolve(environ=env).local_mode
+    assert oct(other.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("CARBONWATCH_PUSHGATEWAY http://x\n", "line 1: expected NAME=value"),
+        ("# ok\nCARBONWATCH_USER=alice\n", "line 2: CARBONWATCH_USER is not a stack setting"),
+        ("CARBONWATCH_PUSHGATEWAY='unterminated\n", "line 1: CARBONWATCH_PUSHGATEWAY: No closing quotation"),
+        ("CARBONWATCH_PUSHGATEWAY=a b\n", "line 1: CARBONWATCH_PUSHGATEWAY: quote a value with spaces"),
+        ("CARBONWATCH_PUSHGATEWAY_INSECURE_SKIP_VERIFY=maybe\n", "CARBONWATCH_PUSHGATEWAY_INSECURE_SKIP_VERIFY"),
+    ],
+)
+def test_a_bad_stack_settings_file_is_named(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "stack.env"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        resolve(environ={"CARBONWATCH_STACK": str(path)})
+    assert named in str(err.value)
+    assert str(err.value).startswith("CARBONWATCH_STACK") or "INSECURE" in named
+
+
+def test_the_stack_settings_file_can_be_sourced_by_a_shell(tmp_path: Path) -> None:
+    path = write_stack_file(tmp_path / "stack.env", {
+        "CARBONWATCH_PUSHGATEWAY": "http://127.0.0.1:${PUSHGATEWAY_PORT:-9091}",
+        "CARBONWATCH_PUSHGATEWAY_CA_FILE": str(tmp_path / "dir with space" / "ca.crt"),
+    })  # fmt: skip
+    out = subprocess.run(["sh", "-c", f'. "{path}"; echo "$CARBONWATCH_PUSHGATEWAY|$CARBONWATCH_PUSHGATEWAY_CA_FILE"'],
+                         capture_output=True, text=True, timeout=10, env={"PUSHGATEWAY_PORT": "19091"})  # fmt: skip
+    assert out.stdout.strip() == f"http://127.0.0.1:19091|{tmp_path / 'dir with space' / 'ca.crt'}"
+    assert read_stack_file(path, {"PUSHGATEWAY_PORT": "19091"}) == {
+        "CARBONWATCH_PUSHGATEWAY": "http://127.0.0.1:19091",
+        "CARBONWATCH_PUSHGATEWAY_CA_FILE": str(tmp_path / "dir with space" / "ca.crt"),
+    }

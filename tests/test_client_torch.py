@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.client.api import Run
-from tests.test_client_pushgateway import STARTED, Gateway, _kill_reapers, gateway, one, wait_for  # noqa: F401
+from tests.test_client_pushgateway import STARTED, Gateway, _own_spool, gateway, one, wait_for  # noqa: F401
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def test_torch_mlp_loop_is_tracked_end_to_end(gateway: Gateway, tmp_path: Path) 
         s = wait_for(lambda: (x := gateway.samples("torch-e2e")).get("carbonwatch_run_phase_info")
                      and x["carbonwatch_run_phase_info"][0][0]["phase"] == "eval" and x, what="eval phase")
         assert one(s, "carbonwatch_run_samples_total")[1] == 3 * 100 * 32
-        assert one(s, "carbonwatch_run_epoch")[1] == 2
+        assert one(s, "carbonwatch_run_epoch")[1] == 3  # `for epoch in range(3)`: three epochs
         (lab, pushed_loss), = s["carbonwatch_run_metric"]
         assert lab["name"] == "loss" and pushed_loss == pytest.approx(losses[-1])
         assert one(s, "carbonwatch_run_expected_end_time_seconds")[1] > one(
@@ -61,7 +61,8 @@ def test_example_script_wrapped_by_carbonwatch_run(tmp_path: Path) -> None:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
-    env.update(CARBONWATCH_RUNS_FILE=str(env_runs), CARBONWATCH_USER="bob")
+    env.update(CARBONWATCH_RUNS_FILE=str(env_runs), CARBONWATCH_USER="bob", CARBONWATCH_SPOOL_DIR=str(tmp_path),
+               CARBONWATCH_STACK="none")
     p = subprocess.run(
         [sys.executable, "-m", "carbonwatch", "run", "--run-id", "example-wrapped", "--model", "mlp", "--",
          sys.executable, str(ROOT / "examples" / "train_mlp.py"), "--epochs", "2", "--steps-per-epoch", "50"],

@@ -79,6 +79,19 @@ def host_path_of(service: dict[str, Any], container_path: str) -> Path | None:
     return best[1] if best else None
 
 
+def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of each published port, long or short syntax."""
+    out = []
+    for p in service.get("ports", []):
+        if isinstance(p, dict):
+            out.append((str(p.get("host_ip", "0.0.0.0")), int(p["published"]), int(p["target"])))
+        else:
+            parts = str(p).split("/")[0].split(":")
+            host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+            out.append((host_ip, int(parts[-2]), int(parts[-1])))
+    return out
+
+
 def flag(command: list[str], name: str) -> str:
     for arg in command:
         if arg.startswith(name + "="):
@@ -155,7 +168,7 @@ def test_exporter_config_file_is_mounted_and_valid(resolved: dict[str, Any]) -> 
     assert host_path_of(exp, cfg.process.proc_root) == Path("/proc")
     assert host_path_of(exp, cfg.cpu.powercap_root) == Path("/sys/class/powercap")
     assert flag(exp["command"], "--web.listen-address") == ":9860"
-    assert any(p["target"] == 9860 for p in exp["ports"])
+    assert any(target == 9860 for _ip, _port, target in published(exp))
 
 
 @needs_compose
@@ -258,3 +271,126 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
     }
     assert {".git", ".venv"} <= ignored
     assert not ignored & {"exporter", "examples", "pyproject.toml", "README.md"}
+
+
+@needs_compose
+def test_ports_are_published_on_loopback_unless_asked(resolved: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        assert [ip for ip, _port, _target in published(resolved["services"][name])] == ["127.0.0.1"], name
+    env = {"GRAFANA_ADMIN_PASSWORD": "x", "CARBONWATCH_PUBLISH_ADDRESS": "0.0.0.0"}
+    everywhere = yaml.safe_load(compose_config(env=env).stdout)
+    assert published(everywhere["services"]["exporter"]) == [("0.0.0.0", 9860, 9860)]
+
+
+@needs_compose
+@pytest.mark.parametrize("ports", [{}, {"PUSHGATEWAY_PORT": "19091", "PROMETHEUS_PORT": "19090"}])
+def test_the_compose_settings_file_points_runs_at_the_published_ports(ports: dict[str, str]) -> None:
+    from carbonwatch.client.settings import read_stack_file, resolve
+
+    doc = yaml.safe_load(compose_config(env={"GRAFANA_ADMIN_PASSWORD": "x", **ports}).stdout)
+    gateway_port = published(doc["services"]["pushgateway"])[0][1]
+    prom_port = published(doc["services"]["prometheus"])[0][1]
+    stack_env = ROOT / "deploy" / "compose-stack.env"
+    values = read_stack_file(stack_env, ports)
+    assert values["CARBONWATCH_PUSHGATEWAY"] == f"http://127.0.0.1:{gateway_port}"
+    assert values["CARBONWATCH_PROMETHEUS"] == f"http://127.0.0.1:{prom_port}"
+    s = resolve(environ={"CARBONWATCH_STACK": str(stack_env), **ports})
+    assert (s.pushgateway, s.prometheus) == (f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{prom_port}")
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """`carbonwatch stack secure --compose` output and the compose file with the secure override on it."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose not installed")
+    import sys
+
+    d = tmp_path_factory.mktemp("compose-secure")
+    out = subprocess.run([sys.executable, "-m", "carbonwatch", "stack", "secure", "--compose", "--dir", str(d)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "docker-compose.secure.yml" in out.stdout and f"export CARBONWATCH_STACK={d / 'stack.env'}" in out.stdout
+    env = {"GRAFANA_ADMIN_PASSWORD": "x", "CARBONWATCH_SECURE_DIR": str(d)}
+    doc = yaml.safe_load(compose_config(COMPOSE, ROOT / "deploy" / "docker-compose.secure.yml", env=env,
+                                        profile="demo").stdout)  # fmt: skip
+    return d, doc
+
+
+@needs_compose
+def test_secure_override_gives_the_exporter_and_gateway_their_web_configs(secure: tuple[Path, dict[str, Any]]) -> None:
+    from carbonwatch.web import load_web_config
+
+    d, doc = secure
+    svcs = doc["services"]
+    exp_cfg = host_path_of(svcs["exporter"], flag(svcs["exporter"]["command"], "--web.config.file"))
+    gw_cfg = host_path_of(svcs["pushgateway"], flag(svcs["pushgateway"]["command"], "--web.config.file"))
+    assert exp_cfg == d / "exporter-web.yml" and gw_cfg == d / "pushgateway-web.yml"
+    exporter_web = load_web_config(exp_cfg)
+    assert exporter_web.tls is not None and exporter_web.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert load_web_config(gw_cfg).users.keys() == {"carbonwatch"}
+    # the rest of the services' settings are those of the base file
+    assert flag(svcs["exporter"]["command"], "--config.file") == "/etc/carbonwatch/exporter.yml"
+    assert host_path_of(svcs["exporter"], "/host/proc") == Path("/proc")
+    # the certificate names the compose services Prometheus scrapes
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"exporter", "pushgateway", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    # containers run as other users: the files they read are readable
+    for f in ("server.key", "client.key", "password"):
+        assert (d / f).stat().st_mode & 0o004, f
+    demo = svcs["demo"]
+    assert flag(demo["command"], "--pushgateway") == "https://pushgateway:9091"
+    assert host_path_of(demo, demo["environment"]["CARBONWATCH_PUSHGATEWAY_PASSWORD_FILE"]) == d / "password"
+
+
+@needs_compose
+def test_secure_prometheus_config_passes_promtool_in_the_container_layout(
+    secure: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed")
+    _d, doc = secure
+    prom = doc["services"]["prometheus"]
+    for src, dst, _ro in mounts(prom):
+        if src.startswith("/"):
+            link = tmp_path / dst.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(src)
+    config = tmp_path / flag(prom["command"], "--config.file").lstrip("/")
+    cfg = yaml.safe_load(config.read_text())
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert jobs["carbonwatch"]["scheme"] == jobs["pushgateway"]["scheme"] == "https"
+    assert jobs["carbonwatch"]["tls_config"]["cert_file"] == "/etc/carbonwatch/secure/client.crt"
+    assert jobs["pushgateway"]["basic_auth"] == {"username": "carbonwatch",
+                                                 "password_file": "/etc/carbonwatch/secure/password"}  # fmt: skip
+    # promtool resolves every file it names (rules, CA, certificates, password) inside the rebuilt layout
+    text = config.read_text().replace("/etc/carbonwatch/", str(tmp_path / "etc" / "carbonwatch") + "/")
+    (tmp_path / "check.yml").write_text(text)
+    proc = subprocess.run(["promtool", "check", "config", str(tmp_path / "check.yml")], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_compose
+def test_secure_exporter_healthcheck_passes_against_a_secure_exporter(secure: tuple[Path, dict[str, Any]]) -> None:
+    """Run the healthcheck's own code, with the container paths mapped to the generated files, against a
+    server with the generated web config."""
+    from prometheus_client import CollectorRegistry
+
+    from carbonwatch.web import serve
+
+    d, doc = secure
+    test = doc["services"]["exporter"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    srv = serve("127.0.0.1", 0, [CollectorRegistry()], web_config_file=str(d / "exporter-web.yml"))
+    try:
+        code = test[3].replace("/etc/carbonwatch/secure/", f"{d}/").replace(
+            "https://localhost:9860", f"https://localhost:{srv.server_address[1]}")  # fmt: skip
+        exec(compile(code, "healthcheck", "exec"), {})  # raises if the check fails
+        with pytest.raises(Exception):  # noqa: B017 (any failure: the check must fail without the password)
+            exec(compile(code.replace("open(d + 'password', 'rb').read().strip()", "b'wrong'"), "hc", "exec"), {})
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -23,11 +23,15 @@ from carbonwatch.intensity import (
     WORLD_SOURCE,
     FileProvider,
     TableProvider,
+    check_zone,
+    known_zones,
     load_table,
     provider_from_config,
     settings_from_config,
+    zone_known,
 )
 from carbonwatch.intensity_collector import IntensityCollector
+from carbonwatch.intensity_feed import IntensityFeed, feed_from_config
 
 TOKEN = "s3cret-token-value"
 
@@ -269,21 +273,24 @@ def test_collector_publishes_every_zone_and_price(api: tuple[str, Replay], monke
     url, replay = api
     replay.set("/carbon-intensity/latest", (200, EM_DE))
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    coll = IntensityCollector(em_provider(url), ["DE", "PL"], {"DE": (0.31, "EUR")})
+    feed = IntensityFeed(["DE", "PL"], em_provider(url))
+    feed.refresh_once()  # the background refresh; a scrape only reads what it left
+    coll = IntensityCollector(feed, {"DE": (0.31, "EUR")})
     reg = CollectorRegistry()
     reg.register(coll)
     g = reg.get_sample_value
     assert g("carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "DE", "source": "electricitymaps"}) == 302
-    # the replay answers for DE whatever is asked: a reply for another zone is refused -> table fallback
-    assert g("carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "PL", "source": FALLBACK_SOURCE}) == 661.9
+    # the replay answers for DE whatever is asked: a reply for another zone is refused -> the table's value
+    assert g("carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "PL", "source": "table:owid-2023"}) == 661.9
     assert g("carbonwatch_electricity_price_per_kwh", {"zone": "DE", "currency": "EUR"}) == 0.31
     assert g("carbonwatch_electricity_price_per_kwh", {"zone": "PL", "currency": "EUR"}) is None
-    assert coll.last_success is False
+    assert g("carbonwatch_intensity_refresh_success", {"zone": "DE"}) == 1
+    assert g("carbonwatch_intensity_refresh_success", {"zone": "PL"}) == 0
 
 
 def test_collector_from_config_defaults_to_world_table_without_network() -> None:
     reg = CollectorRegistry()
-    reg.register(IntensityCollector.from_config(None))
+    reg.register(IntensityCollector(feed_from_config(None)))
     assert reg.get_sample_value(
         "carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "world", "source": WORLD_SOURCE}
     ) == 481.0
@@ -294,11 +301,14 @@ def test_collector_survives_a_broken_provider() -> None:
         def current(self, zone: str) -> Any:
             raise RuntimeError("bug")
 
+    feed = IntensityFeed(["FR"], Broken())
+    feed.refresh_once()
     reg = CollectorRegistry()
-    reg.register(IntensityCollector(Broken(), ["FR"]))
+    reg.register(IntensityCollector(feed))
     assert reg.get_sample_value(
-        "carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "FR", "source": FALLBACK_SOURCE}
+        "carbonwatch_grid_carbon_intensity_grams_per_kwh", {"zone": "FR", "source": "table:owid-2023"}
     ) == 56.0
+    assert reg.get_sample_value("carbonwatch_intensity_refresh_failures_total", {"zone": "FR"}) == 1
 
 
 def test_cli_prints_value_and_source(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -318,3 +328,70 @@ def test_cli_bad_config_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str
     assert cli_main(["intensity", "--config.file", str(cfg)]) == 2
     assert "intensity.provider" in capsys.readouterr().err
     assert cli_main(["intensity", "--config.file", str(tmp_path / "missing.yml")]) == 2
+
+
+def test_zone_check_knows_countries_sub_zones_world_and_the_intensity_files_zones(tmp_path: Path) -> None:
+    for zone in ("DE", "fr", "US-CAL-CISO", "DK-DK1", "world", "", None):
+        assert zone_known(zone), zone
+    assert not zone_known("XX") and not zone_known("QQ-NORTH")
+    values = tmp_path / "values.yml"
+    values.write_text("XX: 120\n")
+    file_cfg = {"intensity": {"provider": "file", "file": str(values)}}
+    assert zone_known("xx", file_cfg) and "XX" in known_zones(file_cfg)
+    assert zone_known("anything", {"intensity": {"provider": "static", "static_grams_per_kwh": 99}})
+    assert zone_known("UK", {"intensity": {"provider": "uk-neso"}}) and not zone_known("UK")
+    with pytest.raises(ConfigError, match=r"^zone: 'XX' is not a known grid zone .*--list-zones"):
+        check_zone("XX")
+    assert check_zone("de") == "DE"
+
+
+def test_cli_unknown_zone_is_an_error_that_says_how_to_find_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["intensity", "--zone", "XX"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "--zone: 'XX' is not a known grid zone" in err
+    assert "`carbonwatch intensity --list-zones`" in err and "--allow-unknown" in err
+
+
+def test_cli_allow_unknown_answers_the_world_average_flagged_as_a_fallback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["intensity", "--zone", "XX", "--allow-unknown"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"XX: {WORLD_GRAMS_PER_KWH:g} g CO2e/kWh (FALLBACK: unknown zone, this is the world average")
+    assert cli_main(["intensity", "--zone", "XX", "--allow-unknown", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["grams_per_kwh"], data["known_zone"], data["source"]) == (WORLD_GRAMS_PER_KWH, False, WORLD_SOURCE)
+    assert "world average" in data["fallback"]
+    assert cli_main(["intensity", "--zone", "DE", "--json"]) == 0  # a known zone is not flagged
+    data = json.loads(capsys.readouterr().out)
+    assert data["known_zone"] is True and "fallback" not in data
+
+
+def test_cli_lists_the_known_zones(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli_main(["intensity", "--list-zones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["world", "World", "average"]
+    assert "DE     Germany" in lines and "FR     France" in lines
+    values = tmp_path / "values.yml"
+    values.write_text("XX: 120\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"intensity:\n  provider: file\n  file: {values}\n")
+    assert cli_main(["intensity", "--config.file", str(cfg), "--list-zones", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"zone": "XX", "name": "intensity file"} in rows
+    assert cli_main(["intensity", "--config.file", str(cfg), "--zone", "XX"]) == 0  # known through the file
+    assert capsys.readouterr().out.startswith("XX: 120 g CO2e/kWh (source file")
+
+
+def test_cli_accepts_a_zone_the_live_provider_answers_for(
+    api: tuple[str, Replay], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, replay = api
+    replay.set("/carbon-intensity/latest", (200, {**EM_DE, "zone": "QQ-NORTH", "carbonIntensity": 77}))
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"intensity:\n  provider: electricitymaps\n  url: {url}\n  retries: 0\n")
+    assert cli_main(["intensity", "--config.file", str(cfg), "--zone", "QQ-NORTH"]) == 0
+    assert capsys.readouterr().out.startswith("QQ-NORTH: 77 g CO2e/kWh (source electricitymaps")
+    replay.set("/carbon-intensity/latest", (404, {"error": "unknown zone"}))
+    assert cli_main(["intensity", "--config.file", str(cfg), "--zone", "QQ-SOUTH"]) == 2
+    assert "'QQ-SOUTH' is not a known grid zone" in capsys.readouterr().err

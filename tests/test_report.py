@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -242,3 +243,61 @@ def test_formatting_picks_readable_units() -> None:
     assert fmt_grams(1500) == "1.500 kg CO2e"
     assert fmt_grams(0.0123) == "12.30 mg CO2e"
     assert fmt_duration(3725) == "1h02m05s" and fmt_duration(65) == "1m05s" and fmt_duration(None) == "-"
+
+
+@pytest.mark.slow
+def test_an_eight_epoch_run_numbered_from_0_reports_8_epochs_and_grams_per_epoch_over_8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path: the run client pushes, a real Prometheus scrapes the Pushgateway, the report reads it."""
+    from carbonwatch.client.api import Run
+    from tests.test_client_pushgateway import BINARY, Gateway
+
+    if BINARY is None:
+        pytest.skip("prometheus-pushgateway is not installed")
+    monkeypatch.setenv("CARBONWATCH_SPOOL_DIR", str(tmp_path / "spool"))
+    gw = Gateway(tmp_path)
+    gw.start()
+    now = int(time.time())
+    (tmp_path / "s.om").write_text(  # the run's recorded emissions, as the rules would have them
+        "# TYPE run_id:carbonwatch_emissions_grams:total gauge\n"
+        + "".join(f'run_id:carbonwatch_emissions_grams:total{{run_id="r8"}} 80 {t}\n' for t in (now - 60, now - 30))
+        + "# EOF\n"
+    )
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "s.om"),
+                    str(tmp_path / "data")], check=True, capture_output=True, timeout=120)
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{gw.port}']}}]\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with Run(run_id="r8", user="ada", pushgateway=gw.url, runs_file=tmp_path / "runs.jsonl", summary=False,
+                 local_meter=False, push_interval=0.05, retention=600.0, total_epochs=8) as run:
+            for epoch in range(8):  # as the README and examples/train_mlp.py count
+                run.epoch(epoch)
+                run.progress(samples=100)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if Prometheus(url).scalar('carbonwatch_run_epoch{run_id="r8"}') == 8:
+                    break
+            except ConfigError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape the run's final state"
+            time.sleep(0.3)
+        rep = collect(Prometheus(url), "r8")
+        assert rep.status == "succeeded"
+        assert rep.epochs == 8 and rep.samples == 800
+        assert rep.grams_per_epoch == pytest.approx(10.0)
+        assert "CO2e per epoch" in render_table(rep) and "10.00 g CO2e" in render_table(rep)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        gw.kill()

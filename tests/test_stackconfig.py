@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.stackconfig import render_prometheus_config, render_rules
+from carbonwatch.stackconfig import (
+    render_prometheus_config,
+    render_rules,
+    rule_files,
+    secure_scrape_settings,
+    write_secure_files,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_render_rules_rewrites_intervals_and_offsets_together(tmp_path: Path) -> None:
+def test_render_rules_changes_group_intervals_only(tmp_path: Path) -> None:
     paths = render_rules(ROOT, tmp_path, "5s")
     assert sorted(p.name for p in paths) == ["alerts.yml", "budgets.rules.yml", "carbonwatch.rules.yml"]
     rules = yaml.safe_load((tmp_path / "carbonwatch.rules.yml").read_text())
     intervals = {g["name"]: g.get("interval") for g in rules["groups"]}
     assert intervals["carbonwatch-accounting"] == "5s"
     assert intervals["carbonwatch-periods"] == "20s"  # 1m scaled by 5s/15s
-    text = (tmp_path / "carbonwatch.rules.yml").read_text()
-    assert "offset 5s" in text and "offset 15s" not in text
-    assert "offset 1d" in text and "offset 30d" in text  # not interval-dependent: kept
     alerts = yaml.safe_load((tmp_path / "alerts.yml").read_text())
     assert all(r["for"] != "1s" for g in alerts["groups"] for r in g["rules"])
+    # the rules do not depend on their group's interval: every expression is the committed one, at any interval
+    for interval in ("1s", "5s", "1m"):
+        out = tmp_path / interval
+        for rendered in render_rules(ROOT, out, interval):
+            src = next(p for p in rule_files(ROOT) if p.name == rendered.name)
+            committed = [(r.get("record") or r.get("alert"), r["expr"]) for g in yaml.safe_load(src.read_text())[
+                "groups"] for r in g["rules"]]  # fmt: skip
+            got = [(r.get("record") or r.get("alert"), r["expr"]) for g in yaml.safe_load(rendered.read_text())[
+                "groups"] for r in g["rules"]]  # fmt: skip
+            assert got == committed, (interval, rendered.name)
 
 
 def test_for_override_for_fast_integration_tests(tmp_path: Path) -> None:
@@ -72,20 +83,69 @@ def test_committed_compose_config_passes_promtool() -> None:
 
 
 @pytest.mark.slow
-def test_rules_rendered_at_5s_give_the_same_totals(tmp_path: Path) -> None:
-    """The accounting unit test, with every time divided by 3, passes against the rules rendered for a
-    5 s evaluation interval: the same rules are exact at the test interval."""
+def test_rules_rendered_at_5s_pass_the_accounting_unit_test(tmp_path: Path) -> None:
+    """The committed accounting unit test passes against the rules rendered for a 5 s evaluation interval."""
     rule_dir = tmp_path / "rules"
     render_rules(ROOT, rule_dir, "5s")
     test = yaml.safe_load((ROOT / "tests" / "rules" / "accounting.test.yml").read_text())
     test["rule_files"] = [str(rule_dir / "carbonwatch.rules.yml")]
-    test["evaluation_interval"] = "5s"
-    for group in test["tests"]:
-        group["interval"] = "5s"
-        for t in group["promql_expr_test"]:
-            t["eval_time"] = format_duration(parse_duration(t["eval_time"]) / 3)
-            t["expr"] = re.sub(r"\[10m\]", "[4m]", t["expr"])
     (tmp_path / "t.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     res = subprocess.run(["promtool", "test", "rules", "t.yml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_secure_files_are_private_reused_and_load_as_web_configs(tmp_path: Path) -> None:
+    import bcrypt
+    from cryptography import x509
+
+    from carbonwatch.web import load_web_config
+
+    files = write_secure_files(tmp_path / "secure")
+    assert oct((tmp_path / "secure").stat().st_mode & 0o777) == "0o700"
+    for secret in (files.ca_key, files.server_key, files.client_key, files.password_file):
+        assert oct(secret.stat().st_mode & 0o777) == "0o600", secret
+    exporter = load_web_config(files.exporter_web)  # the exporter's own loader: certificates load, hash valid
+    assert exporter.tls is not None and exporter.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert exporter.tls.client_ca_file == str(files.ca_cert)
+    assert bcrypt.checkpw(files.password().encode(), exporter.users["carbonwatch"])
+    gateway = load_web_config(files.pushgateway_web)
+    assert gateway.tls is not None and gateway.tls.client_auth_type == "NoClientCert"
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    # a second run keeps the CA, the certificates and the password (clients may trust them already)
+    before = {p.name: p.read_bytes() for p in (files.ca_cert, files.server_cert, files.client_cert,
+                                               files.password_file)}  # fmt: skip
+    again = write_secure_files(tmp_path / "secure")
+    assert {p.name: p.read_bytes() for p in (again.ca_cert, again.server_cert, again.client_cert,
+                                             again.password_file)} == before  # fmt: skip
+    # for containers running as other users: readable keys, and the service names in the certificate
+    shared = write_secure_files(tmp_path / "shared", ["127.0.0.1", "exporter", "pushgateway"], shared=True)
+    assert oct(shared.server_key.stat().st_mode & 0o777) == "0o644"
+    cert = x509.load_pem_x509_certificate(shared.server_cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["exporter", "pushgateway"]
+
+
+@pytest.mark.slow
+def test_secure_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    files = write_secure_files(tmp_path / "secure")
+    rule_dir = tmp_path / "rules"
+    render_rules(ROOT, rule_dir, "15s")
+    text = render_prometheus_config(
+        ROOT, {"carbonwatch": ["127.0.0.1:9860"], "pushgateway": ["127.0.0.1:9091"]}, [], "15s", "15s", rule_dir,
+        job_settings=secure_scrape_settings(files),
+    )
+    jobs = {j["job_name"]: j for j in yaml.safe_load(text)["scrape_configs"]}
+    assert jobs["carbonwatch"]["scheme"] == "https"
+    assert jobs["carbonwatch"]["tls_config"] == {"ca_file": str(files.ca_cert), "cert_file": str(files.client_cert),
+                                                 "key_file": str(files.client_key)}  # fmt: skip
+    assert jobs["carbonwatch"]["basic_auth"] == {"username": "carbonwatch", "password_file": str(files.password_file)}
+    assert jobs["pushgateway"]["honor_labels"] is True and jobs["pushgateway"]["scheme"] == "https"
+    assert "cert_file" not in jobs["pushgateway"]["tls_config"]
+    (tmp_path / "prometheus.yml").write_text(text)
+    res = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr

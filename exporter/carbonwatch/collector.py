@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
+from carbonwatch.identity import IdentityStats
 from carbonwatch.metrics import BY_NAME
 from carbonwatch.model import COMPONENTS, CollectorStatus, Snapshot
 
@@ -32,6 +33,7 @@ class SnapshotCollector(Collector):
         state: Callable[[], tuple[str, int, float | None]] | None = None,
         devices: Callable[[], dict[str, int]] = dict,
         disabled: Iterable[str] = (),
+        identity: Callable[[], IdentityStats] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._node_labels = node_labels
@@ -40,6 +42,7 @@ class SnapshotCollector(Collector):
         self._state = state  # () -> (restore status, write failures, last write time)
         self._devices = devices
         self._disabled = tuple(disabled)
+        self._identity = identity
 
     def describe(self) -> list[Metric]:
         return []  # registering never touches the hardware
@@ -58,6 +61,8 @@ class SnapshotCollector(Collector):
                 f["carbonwatch_state_last_write_timestamp_seconds"].add_metric([], last_write)
         for name, count in sorted(self._devices().items()):
             f["carbonwatch_collector_devices"].add_metric([name], count)
+        if self._identity is not None:
+            self._fill_identity(f, self._identity())
         for name in self._disabled:
             f["carbonwatch_collector_info"].add_metric([name, "disabled", "turned off in the configuration"], 1)
         snap = self._snapshot()
@@ -66,6 +71,16 @@ class SnapshotCollector(Collector):
         for fam in f.values():
             if fam.samples:
                 yield fam
+
+    @staticmethod
+    def _fill_identity(f: dict[str, GaugeMetricFamily | CounterMetricFamily], st: IdentityStats) -> None:
+        for (source, label, reason), n in sorted(st.label_rejections.items()):
+            f["carbonwatch_label_rejections"].add_metric([source, label, reason], n)
+        if st.kubelet is not None:
+            f["carbonwatch_kubelet_pods"].add_metric([], st.kubelet.pods)
+            f["carbonwatch_kubelet_refresh_errors"].add_metric([], st.kubelet.errors)
+            if st.kubelet.last_success is not None:
+                f["carbonwatch_kubelet_last_success_timestamp_seconds"].add_metric([], st.kubelet.last_success)
 
     @staticmethod
     def _fill(f: dict[str, GaugeMetricFamily | CounterMetricFamily], snap: Snapshot) -> None:

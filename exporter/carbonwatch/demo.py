@@ -4,7 +4,11 @@
    unless one already runs from the state directory;
 2. runs examples/train_mlp.py under `carbonwatch run` with a tiny budget, so the budget alert fires;
 3. waits for the recorded series and prints `carbonwatch report` for the run, the alerts, and the URLs;
-4. leaves the stack running and says how to stop it.
+4. leaves the stack running and says how to stop it; `stack up` wrote the settings file, so the user's own
+   `carbonwatch run` and carbonwatch.run(...) report to the same stack.
+
+Every command it prints runs as printed: `carbonwatch` is named by its full path unless the one on PATH is
+this installation (`make path` links it into ~/.local/bin).
 """
 
 from __future__ import annotations
@@ -41,13 +45,45 @@ def sh(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
 
+def carbonwatch_cmd() -> list[str]:
+    """argv prefix that runs this installation's `carbonwatch`, as it is best printed (stack.command_name)."""
+    name = stack.command_name()
+    return shlex.split(name) if name.endswith(" -m carbonwatch") else [name]
+
+
+def commands(args: argparse.Namespace, st: stack.StackState, run_id: str, root: Path) -> dict[str, list[str]]:
+    """The commands the demo runs or tells the user to run, by purpose (tests parse each as printed)."""
+    prom = st.services["prometheus"].url
+    gateway = st.services["pushgateway"].url
+    cw = carbonwatch_cmd()
+    train = [sys.executable, str(root / "examples" / "train_mlp.py"), f"--epochs={args.epochs}"]
+    train += [f"--steps-per-epoch={args.steps_per_epoch}", f"--sleep={args.sleep}", "--no-torch"]
+    run = cw + ["run", f"--pushgateway={gateway}", f"--prometheus={prom}", f"--run-id={run_id}"]
+    run += [f"--budget-grams={args.budget_grams}", "--user=demo", "--project=carbonwatch-demo", "--model=mlp", "--"]
+    extra = [] if args.state_dir == stack.default_state_dir() else ["--state-dir", str(args.state_dir)]
+    out = {
+        "run": run + train,
+        "report": cw + ["report", run_id, "--prometheus", prom],
+        "status": cw + ["stack", "status"] + extra,
+        "down": cw + ["stack", "down"] + extra,
+        "own_run": cw + ["run", "--user", "you", "--", "python", "train.py"],
+    }
+    return out
+
+
+def up_command(args: argparse.Namespace) -> list[str]:
+    """`carbonwatch stack up` with the demo's short intervals."""
+    cmd = carbonwatch_cmd() + ["stack", "up", "--state-dir", str(args.state_dir)]
+    cmd += [f"--scrape-interval={args.interval}", f"--evaluation-interval={args.interval}"]
+    cmd += ["--alert-for=10s", "--alert-group-wait=5s", f"--port-offset={args.port_offset}"]
+    return cmd
+
+
 def ensure_stack(args: argparse.Namespace) -> stack.StackState:
     state = Path(args.state_dir)
     st = stack.running_state(state.resolve())
     if st is None:
-        cmd = [sys.executable, "-m", "carbonwatch", "stack", "up", "--state-dir", str(state)]
-        cmd += [f"--scrape-interval={args.interval}", f"--evaluation-interval={args.interval}"]
-        cmd += ["--alert-for=10s", "--alert-group-wait=5s", f"--port-offset={args.port_offset}"]
+        cmd = up_command(args)
         print(f"$ {sh(cmd)}", flush=True)
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
@@ -81,13 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = stack.repo_root_default()
     st = ensure_stack(args)
     prom = st.services["prometheus"].url
-    gateway = st.services["pushgateway"].url
     run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
-    train = [sys.executable, str(root / "examples" / "train_mlp.py"), f"--epochs={args.epochs}"]
-    train += [f"--steps-per-epoch={args.steps_per_epoch}", f"--sleep={args.sleep}", "--no-torch"]
-    cmd = [sys.executable, "-m", "carbonwatch", "run", f"--pushgateway={gateway}", f"--prometheus={prom}"]
-    cmd += [f"--run-id={run_id}", f"--budget-grams={args.budget_grams}", "--user=demo", "--project=carbonwatch-demo"]
-    cmd += ["--model=mlp", "--"] + train
+    cmds = commands(args, st, run_id, root)
+    cmd = cmds["run"]
     print(f"\n$ {sh(cmd)}", flush=True)
     rc = subprocess.run(cmd).returncode
     if rc != 0:
@@ -96,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\ndemo: waiting for Prometheus to record the run ...", flush=True)
     if not wait_for(prom, f"run_id:carbonwatch_emissions_grams:total{{{sel}}}", 60):
         print("demo: no recorded emissions for the run yet; is the exporter measuring? "
-              f"(`carbonwatch stack status`, logs in {st.state_dir}/logs)", file=sys.stderr)  # fmt: skip
+              f"(`{sh(cmds['status'])}`, logs in {st.state_dir}/logs)", file=sys.stderr)  # fmt: skip
         return 1
     # The run's final push (status, end time) reaches Prometheus at the next scrape of the Pushgateway.
     wait_for(prom, f"carbonwatch_run_end_time_seconds{{{sel}}}", 30)
@@ -107,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    print(f"\n$ carbonwatch report {run_id} --prometheus {prom}\n")
+    print(f"\n$ {sh(cmds['report'])}\n")
     print(report.render_table(rep))
     print(
         "\nBudget alert: "
@@ -130,10 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("  Grafana is not installed here: the dashboards are in grafana/dashboards (docs/dashboards.md),")
         print("  or use `docker compose up` to get Grafana with them provisioned.")
-    carbonwatch = Path(sys.executable).with_name("carbonwatch")
-    exe = str(carbonwatch) if carbonwatch.exists() else "carbonwatch"
-    extra = "" if args.state_dir == stack.default_state_dir() else f" --state-dir {args.state_dir}"
-    print(f"\nThe stack keeps running. Stop it with:  {exe} stack down{extra}")
+    if st.settings_file:
+        print(f"\nYour own runs now report to this stack too (settings in {st.settings_file}), e.g.:\n"
+              f"  {sh(cmds['own_run'])}")  # fmt: skip
+    if cmds["down"][0] != "carbonwatch":
+        print("\n(`carbonwatch` is not on PATH here: `make path` links it into ~/.local/bin)")
+    print(f"\nThe stack keeps running. Stop it with:  {sh(cmds['down'])}")
     return 0
 
 

@@ -27,7 +27,7 @@ from carbonwatch.config import (
 )
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.identity import build_resolver
+from carbonwatch.identity import IdentityResolver, build_resolver
 from carbonwatch.intensity import settings_from_config
 from carbonwatch.intensity_collector import IntensityCollector
 from carbonwatch.intensity_feed import FEED_PATH, IntensityFeed, feed_from_config
@@ -140,6 +140,7 @@ def build_registry(
     sampler: Sampler,
     feed: IntensityFeed | None = None,
     store: StateStore | None = None,
+    resolver: IdentityResolver | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     procs = sources.procs
@@ -151,6 +152,7 @@ def build_registry(
         state=store.status if store is not None else None,
         devices=lambda: dict(sampler.devices_found),
         disabled=[c for c in COLLECTORS if not cfg.collectors.get(c, True)],
+        identity=resolver.stats if resolver is not None else None,
     ))
     if feed is not None and cfg.collectors.get("intensity", True):
         registry.register(IntensityCollector(feed, settings_from_config(cfg.intensity, cfg.zone).prices))
@@ -169,7 +171,7 @@ class Node:
         self.resolver = build_resolver(cfg)
         self.sampler = Sampler(cfg, self.sources, intensity=self.feed.in_use, resolver=self.resolver)
         self.store = StateStore(cfg.storage.path)
-        self.registry = build_registry(cfg, self.sources, self.sampler, self.feed, self.store)
+        self.registry = build_registry(cfg, self.sources, self.sampler, self.feed, self.store, self.resolver)
         self.stop = threading.Event()
         self.fatal: BaseException | None = None
         self._thread: threading.Thread | None = None

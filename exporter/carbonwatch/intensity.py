@@ -472,3 +472,49 @@ def settings_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = 
                 raise ConfigError(f"intensity.price_per_kwh: expected a price >= 0 per kWh for {z}, got {p!r}")
             prices[normalise_zone(str(z))] = (float(p), currency)
     return IntensitySettings(zones, prices)
+
+
+# ------------------------------------------------------------------------------------------ zone check
+
+
+LIST_ZONES_HINT = "`carbonwatch intensity --list-zones` lists the known zones"
+
+
+def _file_zones(section: Mapping[str, Any]) -> set[str]:
+    """Zones of a `provider: file` intensity file, best effort (an unreadable file adds none)."""
+    if section.get("provider") != "file" or not section.get("file"):
+        return set()
+    try:
+        data = yaml.safe_load(Path(str(section["file"])).read_text())
+    except (OSError, yaml.YAMLError):
+        return set()
+    return {normalise_zone(str(k)) for k in data} if isinstance(data, dict) else set()
+
+
+def known_zones(cfg: Mapping[str, Any] | None = None) -> list[str]:
+    """Every zone with a value of its own: world, the bundled table's countries, an intensity file's zones."""
+    return [WORLD_ZONE, *sorted(set(bundled_table()) | _file_zones(intensity_section(cfg)))]
+
+
+def zone_known(zone: str | None, cfg: Mapping[str, Any] | None = None) -> bool:
+    """Does `zone` get a value of its own rather than the world average standing in for it? Sub-zones
+    (US-CAL-CISO, DK-DK1) count through their country; any zone does with `provider: static`."""
+    z = normalise_zone(zone)
+    section = intensity_section(cfg)
+    if z == WORLD_ZONE or section.get("provider") == "static":
+        return True
+    if section.get("provider") == "uk-neso" and z in ("GB", "UK"):
+        return True
+    table = bundled_table()
+    return z in table or z.split("-")[0] in table or z in _file_zones(section)
+
+
+def check_zone(zone: str | None, cfg: Mapping[str, Any] | None = None, what: str = "zone", hint: str = "") -> str:
+    """`zone` normalised, or ConfigError saying it is unknown and how to find valid ones."""
+    if not zone_known(zone, cfg):
+        shown = repr(zone) if zone is None or len(zone) <= 40 else f"{zone[:40]!r}..."
+        raise ConfigError(
+            f"{what}: {shown} is not a known grid zone (ISO country codes such as DE, FR, GB; sub-zones such as "
+            f"US-CAL-CISO; or world for the world average); {LIST_ZONES_HINT}" + (f"; {hint}" if hint else "")
+        )
+    return normalise_zone(zone)

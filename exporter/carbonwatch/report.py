@@ -103,6 +103,8 @@ class Report:
     budget_used_ratio: float | None = None
     forecast_grams: float | None = None
     power_watts: float | None = None
+    # Epochs as the user counts them: the run client pushes carbonwatch_run_epoch as the epochs started,
+    # counted from 1, whether the script numbers them from 0 or 1 (an 8-epoch run ends at 8).
     epochs: float | None = None
     samples: float | None = None
     joules_per_sample: float | None = None
@@ -194,7 +196,7 @@ def collect(prom: Prometheus, run_id: str, lookback: str = "30d", at: float | No
     if rep.energy_joules is not None and rep.samples:
         rep.joules_per_sample = rep.energy_joules / rep.samples
     if rep.emissions_grams is not None and rep.epochs:
-        rep.grams_per_epoch = rep.emissions_grams / rep.epochs
+        rep.grams_per_epoch = rep.emissions_grams / rep.epochs  # as run_id:carbonwatch_grams_per_epoch:ratio
     if rep.emissions_grams is not None:
         rep.equivalents = equivalents(rep.emissions_grams)
     return rep
@@ -283,7 +285,8 @@ def render_table(r: Report) -> str:
     if r.power_watts is not None:
         rows.append(("power now", _num(r.power_watts, "W")))
     rows += [
-        ("epochs / samples", f"{_num(r.epochs, '', 6)} / {_num(r.samples, '', 6)}"),
+        ("epochs / samples", f"{_num(r.epochs, '', 6)} / {_num(r.samples, '', 6)}"
+         + (" (epoch in progress counted)" if r.status == "running" and r.epochs else "")),
         ("energy per sample", _num(r.joules_per_sample, "J")),
         ("CO2e per epoch", fmt_grams(r.grams_per_epoch)),
     ]

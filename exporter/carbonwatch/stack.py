@@ -5,6 +5,14 @@ rendered for local targets (and, for tests, short intervals) by carbonwatch.stac
 directory; alerting/alertmanager.yml is copied there with its template paths made absolute (and, with
 --webhook-url, every receiver pointed at that URL). Processes run detached (their own session), with their
 pid, log and data in the state directory, so `up` returns and `down` finds them again.
+
+`up` also writes the stack settings file (~/.config/carbonwatch/stack.env; carbonwatch.client.settings), so
+later `carbonwatch run` and `carbonwatch.run(...)` of the same user report to this stack's Pushgateway and
+Prometheus; `down` removes it. With --secure the exporter and the Pushgateway serve TLS with basic auth (the
+exporter also wants Prometheus' client certificate), from files generated into the state directory
+(carbonwatch.stackconfig.write_secure_files); Prometheus scrapes them with the matching settings and the
+settings file carries what the run clients need. `carbonwatch stack secure --compose` writes the same files
+for deploy/docker-compose.secure.yml.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 import requests
 import yaml
 
+from carbonwatch.client import settings as client_settings
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
 
@@ -38,7 +47,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "grafana": 3000,
 }
 # Start order: what Prometheus scrapes and alerts to first.
-ORDER = ("alertmanager", "pushgateway", "exporter", "prometheus", "grafana")
+ORDER = ("alertmanager", "pushgateway", "reaper", "exporter", "prometheus", "grafana")
+# The reaper enforces the finished runs' retention on the Pushgateway (carbonwatch.client.reaper): no port.
+NO_PORT = ("reaper",)
 # Executable names to look for (Debian's first) and the Debian package that provides them.
 BINARIES: dict[str, tuple[tuple[str, ...], str]] = {
     "prometheus": (("prometheus",), "prometheus"),
@@ -54,6 +65,8 @@ READY_PATH = {
     "grafana": "/api/health",
 }
 STATE_FILE = "stack.json"
+SECURE_DIR = "secure"  # in the state directory: certificates, keys, password, web configurations (--secure)
+SECURE = ("exporter", "pushgateway")  # the services --secure puts behind TLS and basic auth
 HOST = "127.0.0.1"
 _CHILDREN: list[subprocess.Popen[bytes]] = []  # kept so that they are not reported as leaked while we wait
 
@@ -66,14 +79,15 @@ class Service:
     pid: int = 0
     start_ticks: int = 0  # /proc/PID/stat start time: a pid plus this is the process' identity
     log: str = ""
+    scheme: str = "http"  # https for the services --secure protects
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{self.scheme}://{HOST}:{self.port}"
 
     @property
     def ready_url(self) -> str:
-        return self.url + READY_PATH[self.name]
+        return self.url + READY_PATH[self.name] if self.name in READY_PATH else ""
 
 
 @dataclass
@@ -83,6 +97,15 @@ class StackState:
     started_at: float
     services: dict[str, Service] = field(default_factory=dict)
     grafana_password_file: str = ""
+    secure_dir: str = ""  # --secure: the TLS and basic-auth files
+    settings_file: str = ""  # the stack settings file this stack wrote ("" if none)
+
+    def secure_files(self) -> Any:
+        if not self.secure_dir:
+            return None
+        from carbonwatch.stackconfig import SecureFiles
+
+        return SecureFiles(Path(self.secure_dir))
 
     def save(self) -> None:
         data = asdict(self)
@@ -166,10 +189,18 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def is_ready(svc: Service, timeout: float = 2.0) -> bool:
+def is_ready(svc: Service, timeout: float = 2.0, secure: Any = None) -> bool:
+    """The service answers its readiness URL (over TLS, with the password and client certificate of a
+    --secure stack's `secure` files where it is protected)."""
+    if svc.name in NO_PORT:
+        return alive(svc)
+    kw: dict[str, Any] = {}
+    if svc.scheme == "https" and secure is not None:
+        kw = {"verify": str(secure.ca_cert), "auth": (secure.username, secure.password()),
+              "cert": (str(secure.client_cert), str(secure.client_key))}  # fmt: skip
     try:
-        return requests.get(svc.ready_url, timeout=timeout).status_code == 200
-    except requests.RequestException:
+        return requests.get(svc.ready_url, timeout=timeout, **kw).status_code == 200
+    except (requests.RequestException, OSError):
         return False
 
 
@@ -218,7 +249,8 @@ def render_alertmanager_config(
     return out
 
 
-def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int]) -> dict[str, Path]:
+def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int],
+                  secure: Any = None) -> dict[str, Path]:  # fmt: skip
     """Render every config the binaries read into `state`/config; returns their paths by service."""
     try:
         from carbonwatch import stackconfig
@@ -248,6 +280,7 @@ def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict
         format_duration(args.scrape_interval),
         evaluation,
         rule_dir,
+        job_settings=stackconfig.secure_scrape_settings(secure) if secure is not None else None,
     )
     prom = cfg / "prometheus.yml"
     prom.write_text(prom_text)
@@ -272,7 +305,7 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
     grafana = None if args.no_grafana else find_binary("grafana")
     if grafana is None and "grafana" in wanted:
         wanted.remove("grafana")
-    missing = [s for s in wanted if s not in ("exporter", "grafana") and find_binary(s) is None]
+    missing = [s for s in wanted if s not in ("exporter", "grafana", *NO_PORT) and find_binary(s) is None]
     if missing:
         raise ConfigError(missing_binary_message(missing))
     for name in ("prometheus", "alertmanager"):
@@ -281,18 +314,23 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
             raise ConfigError(
                 f"--repo-root: {root} has no {rel} (run from a carbonwatch checkout or set CARBONWATCH_REPO_ROOT)"
             )
-    busy = [f"{s} port {ports[s]}" for s in wanted if port_in_use(ports[s])]
+    busy = [f"{s} port {ports[s]}" for s in wanted if s in ports and port_in_use(ports[s])]
     if busy:
         raise ConfigError(
             f"ports in use: {', '.join(busy)} (is another stack running? try `carbonwatch stack status`, "
             "or move this one with --port-offset)"
         )
-    configs = write_configs(args, root, state, ports)
+    secure = None
+    if getattr(args, "secure", False):
+        from carbonwatch.stackconfig import write_secure_files
+
+        secure = write_secure_files(state / SECURE_DIR)
+    configs = write_configs(args, root, state, ports, secure)
     data = state / "data"
     retention = format_duration(args.retention)
     out: list[Service] = []
     for name in wanted:
-        listen = f"{HOST}:{ports[name]}"
+        listen = f"{HOST}:{ports.get(name, 0)}"
         if name == "prometheus":
             cmd = [
                 find_binary("prometheus") or "prometheus",
@@ -309,6 +347,8 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
                 f"--persistence.file={data / 'pushgateway.data'}",
                 "--persistence.interval=1m",
             ]
+            if secure is not None:
+                cmd.append(f"--web.config.file={secure.pushgateway_web}")
         elif name == "alertmanager":
             cmd = [
                 find_binary("alertmanager") or "alertmanager",
@@ -317,15 +357,22 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
                 f"--web.listen-address={listen}",
                 "--cluster.listen-address=",  # no gossip port: one instance, and parallel stacks do not clash
             ]
+        elif name == "reaper":
+            scheme = "https" if secure is not None else "http"
+            cmd = [sys.executable, "-m", "carbonwatch.client.reaper",
+                   f"--gateway={scheme}://{HOST}:{ports['pushgateway']}", "--every=5s"]
         elif name == "exporter":
             cmd = [sys.executable, "-m", "carbonwatch", "exporter", f"--web.listen-address={listen}",
                    f"--storage.path={data / 'exporter'}"]  # the durable counters, in-tree for the native stack
+            if secure is not None:
+                cmd.append(f"--web.config.file={secure.exporter_web}")
             cmd += list(args.exporter_arg)
         else:
             cmd = [grafana or "grafana-server", f"--homepath={args.grafana_homepath}"]
             if Path(cmd[0]).name == "grafana":
                 cmd.insert(1, "server")
-        out.append(Service(name, ports[name], cmd, log=str(state / "logs" / f"{name}.log")))
+        scheme = "https" if secure is not None and name in SECURE else "http"
+        out.append(Service(name, ports.get(name, 0), cmd, log=str(state / "logs" / f"{name}.log"), scheme=scheme))
     return out
 
 
@@ -397,7 +444,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_ready(services: list[Service], timeout: float) -> list[str]:
+def wait_ready(services: list[Service], timeout: float, secure: Any = None) -> list[str]:
     """Wait until each service answers its readiness URL; the problems of those that do not."""
     deadline = time.monotonic() + timeout
     pending = list(services)
@@ -406,7 +453,7 @@ def wait_ready(services: list[Service], timeout: float) -> list[str]:
             _reap(svc.pid)
             if not alive(svc):
                 return [f"{svc.name} exited while starting; the end of {svc.log}:\n{log_tail(svc.log)}"]
-            if is_ready(svc, timeout=1.0):
+            if is_ready(svc, timeout=1.0, secure=secure):
                 pending.remove(svc)
         if pending:
             time.sleep(0.25)
@@ -436,16 +483,23 @@ def up(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name}-port: {port} is out of range 1..65535")
     services = plan(args, root, state, ports)
     st = StackState(str(state), str(root), time.time())
+    secure = None
+    if getattr(args, "secure", False):
+        st.secure_dir = str(state / SECURE_DIR)
+        secure = st.secure_files()
     try:
         for svc in services:
             env = None
             if svc.name == "grafana":
                 env, st.grafana_password_file = grafana_env(state, root, ports)
+            elif svc.name == "reaper" and secure is not None:  # the gateway's credentials, never in argv
+                env = dict(os.environ, **{k: v for k, v in settings_values(st).items()
+                                         if k.startswith("CARBONWATCH_PUSHGATEWAY_")})
             start(svc, env)
             st.services[svc.name] = svc
             (state / f"{svc.name}.pid").write_text(f"{svc.pid}\n")
             st.save()
-        problems = wait_ready(services, args.wait)
+        problems = wait_ready(services, args.wait, secure)
     except BaseException:
         _down(st, quiet=True)
         raise
@@ -453,17 +507,97 @@ def up(args: argparse.Namespace) -> int:
         _down(st, quiet=True)
         print("carbonwatch stack: failed to start:\n" + "\n".join(problems), file=sys.stderr)
         return 1
+    settings_line = write_settings(st, args)
     print(f"carbonwatch stack up (state, logs and data in {state}):")
     _print_table(st)
     if st.grafana_password_file:
         print(f"Grafana login: admin, password in {st.grafana_password_file}")
     elif not args.no_grafana:
         print("Grafana: grafana-server is not on PATH, not started (dashboards: docs/dashboards.md)")
+    if secure is not None:
+        print(f"TLS and basic auth on the exporter and the Pushgateway: user {secure.username}, password in "
+              f"{secure.password_file}, CA {secure.ca_cert}")  # fmt: skip
+    if settings_line:
+        print(settings_line)
     print(
-        "stop it with: carbonwatch stack down"
+        f"stop it with: {command_name()} stack down"
         + ("" if args.state_dir == default_state_dir() else f" --state-dir {state}")
     )
     return 0
+
+
+def command_name() -> str:
+    """How to call carbonwatch in a printed command: `carbonwatch` when that is on PATH and is this
+    installation, else the full path of this installation's script (or `python -m carbonwatch`)."""
+    script = Path(sys.executable).with_name("carbonwatch")
+    found = shutil.which("carbonwatch")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "carbonwatch"
+    if script.exists():
+        return str(script)
+    if found:
+        return "carbonwatch"
+    return f"{sys.executable} -m carbonwatch"
+
+
+def settings_values(st: StackState) -> dict[str, str]:
+    """What the run clients need to report to this stack (names: client_settings.STACK_KEYS)."""
+    out: dict[str, str] = {client_settings.STACK_STATE_DIR: st.state_dir}
+    if "pushgateway" in st.services:
+        out[client_settings.ENV["pushgateway"]] = st.services["pushgateway"].url
+    if "prometheus" in st.services:
+        out[client_settings.ENV["prometheus"]] = st.services["prometheus"].url
+        out["CARBONWATCH_PROMETHEUS_URL"] = st.services["prometheus"].url  # `carbonwatch report`, when sourced
+    secure = st.secure_files()
+    if secure is not None:
+        from carbonwatch.client.auth import ENV as AUTH_ENV
+
+        out[AUTH_ENV["username"]] = secure.username
+        out[AUTH_ENV["password_file"]] = str(secure.password_file)
+        out[AUTH_ENV["ca_file"]] = str(secure.ca_cert)
+    return out
+
+
+def _owner(path: Path) -> str:
+    """The state directory of the running stack a settings file belongs to ("" if none is running)."""
+    try:
+        values = client_settings.read_stack_file(path, {})
+    except ConfigError:
+        return ""
+    return values.get(client_settings.STACK_STATE_DIR, "")
+
+
+def write_settings(st: StackState, args: argparse.Namespace) -> str:
+    """Write the stack settings file; the one line to print about it ("" when --no-settings-file)."""
+    if getattr(args, "no_settings_file", False):
+        return ""
+    default = client_settings.default_stack_file()
+    path = Path(args.settings_file).expanduser() if getattr(args, "settings_file", None) else default
+    owner = _owner(path)
+    if owner and Path(owner).resolve() != Path(st.state_dir).resolve():
+        # another running stack owns it: leave its settings alone, ours go to the state directory
+        path = Path(st.state_dir) / "stack.env"
+    header = (f"carbonwatch stack settings, written by `carbonwatch stack up` for the stack in {st.state_dir};\n"
+              "removed by `carbonwatch stack down`. Read by `carbonwatch run` and carbonwatch.run(...) (the\n"
+              "environment and flags win). See docs/stack.md.")  # fmt: skip
+    client_settings.write_stack_file(path, settings_values(st), header)
+    st.settings_file = str(path)
+    st.save()
+    if path == default and client_settings.STACK_ENV not in os.environ:
+        return (f"later `carbonwatch run` and carbonwatch.run(...) report to this stack: settings in {path} "
+                "(removed by `stack down`)")  # fmt: skip
+    return f"export {client_settings.STACK_ENV}={path}   # in each shell whose runs should report to this stack"
+
+
+def remove_settings(st: StackState) -> None:
+    """Remove the settings file this stack wrote, unless another stack has written it since."""
+    if not st.settings_file:
+        return
+    path = Path(st.settings_file)
+    owner = _owner(path)
+    if owner and Path(owner).resolve() != Path(st.state_dir).resolve():
+        return
+    path.unlink(missing_ok=True)
 
 
 def _down(st: StackState, quiet: bool = False) -> list[str]:
@@ -475,6 +609,7 @@ def _down(st: StackState, quiet: bool = False) -> list[str]:
         if stop(svc):
             stopped.append(name)
         (Path(st.state_dir) / f"{name}.pid").unlink(missing_ok=True)
+    remove_settings(st)
     (Path(st.state_dir) / STATE_FILE).unlink(missing_ok=True)
     if not quiet:
         print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -493,6 +628,7 @@ def down(args: argparse.Namespace) -> int:
 
 def status_rows(st: StackState) -> list[dict[str, Any]]:
     rows = []
+    secure = st.secure_files()
     for name in ORDER:
         svc = st.services.get(name)
         if svc is None:
@@ -503,8 +639,8 @@ def status_rows(st: StackState) -> list[dict[str, Any]]:
                 "service": name,
                 "pid": svc.pid,
                 "running": running,
-                "ready": running and is_ready(svc),
-                "url": svc.url,
+                "ready": running and is_ready(svc, secure=secure),
+                "url": svc.url if svc.name not in NO_PORT else "-",
                 "log": svc.log,
             }
         )
@@ -515,6 +651,8 @@ def _print_table(st: StackState) -> None:
     for row in status_rows(st):
         state = "ready" if row["ready"] else ("running, not ready" if row["running"] else "stopped")
         print(f"  {row['service']:<13} {row['url']:<24} pid {row['pid']:<8} {state}")
+    if st.settings_file:
+        print(f"  {'settings':<13} {st.settings_file}")
 
 
 def status(args: argparse.Namespace) -> int:
@@ -528,7 +666,8 @@ def status(args: argparse.Namespace) -> int:
         return 3
     rows = status_rows(st)
     if args.json:
-        print(json.dumps({"state_dir": str(state), "services": rows}, indent=2))
+        print(json.dumps({"state_dir": str(state), "settings_file": st.settings_file, "secure": bool(st.secure_dir),
+                          "services": rows}, indent=2))  # fmt: skip
     else:
         print(f"carbonwatch stack ({state}):")
         _print_table(st)
@@ -584,9 +723,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u.add_argument("--alert-group-interval", type=_duration("--alert-group-interval"), default=None,
                    metavar="DURATION", help="override Alertmanager group_interval (tests)")  # fmt: skip
     u.add_argument("--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for readiness")
+    u.add_argument("--secure", action="store_true",
+                   help="TLS and basic auth on the exporter (plus client certificates) and the Pushgateway; "
+                        f"certificates and password generated into STATE_DIR/{SECURE_DIR} (kept if present)")
+    u.add_argument("--settings-file", metavar="FILE",
+                   help="where to write the settings that point later runs at this stack (default "
+                        "~/.config/carbonwatch/stack.env, read by the run client; CARBONWATCH_STACK=FILE for others)")
+    u.add_argument("--no-settings-file", action="store_true", help="write no settings file")
     sub.add_parser("down", parents=[common], help="stop the stack (SIGTERM, then SIGKILL)")
+    sec = sub.add_parser("secure", help="write the TLS and basic-auth files of a secure stack (for "
+                         "deploy/docker-compose.secure.yml with --compose)")
+    sec.add_argument("--dir", default=str(repo_root_default() / ".state" / "compose-secure"),
+                     help="where to write them (default .state/compose-secure in the checkout)")
+    sec.add_argument("--compose", action="store_true",
+                     help="for docker compose: certificates also for the service names, files readable by the "
+                          "containers' users, and DIR/prometheus.yml for the Prometheus container")
+    sec.add_argument("--host", action="append", default=[], metavar="NAME",
+                     help="also put NAME (a host name or IP) in the server certificate (repeat)")
+    sec.add_argument("--repo-root", default=str(repo_root_default()), help="checkout with prometheus/")
     s = sub.add_parser("status", parents=[common], help="is each service running and ready")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def secure(args: argparse.Namespace) -> int:
+    """`stack secure`: the files of a secure stack, for compose (or to inspect them)."""
+    from carbonwatch import stackconfig
+
+    dest = Path(args.dir).resolve()
+    hosts = list(stackconfig.DEFAULT_HOSTS) + (list(stackconfig.COMPOSE_HOSTS) if args.compose else []) + args.host
+    files = stackconfig.write_secure_files(dest, hosts, shared=args.compose)
+    values = {
+        client_settings.ENV["pushgateway"]: f"https://127.0.0.1:${{PUSHGATEWAY_PORT:-{DEFAULT_PORTS['pushgateway']}}}",
+        client_settings.ENV["prometheus"]: f"http://127.0.0.1:${{PROMETHEUS_PORT:-{DEFAULT_PORTS['prometheus']}}}",
+    }
+    from carbonwatch.client.auth import ENV as AUTH_ENV
+
+    values.update({AUTH_ENV["username"]: files.username, AUTH_ENV["password_file"]: str(files.password_file),
+                   AUTH_ENV["ca_file"]: str(files.ca_cert)})  # fmt: skip
+    settings = client_settings.write_stack_file(
+        dest / "stack.env", values,
+        "carbonwatch run settings for the secure compose stack (deploy/docker-compose.secure.yml).",
+    )
+    print(f"wrote the TLS and basic-auth files to {dest}: user {files.username}, password in {files.password_file}")
+    if args.compose:
+        prom = dest / "prometheus.yml"
+        prom.write_text(stackconfig.render_compose_secure_prometheus(Path(args.repo_root), files))
+        os.chmod(dest, 0o755)
+        print(f"start it with:  CARBONWATCH_SECURE_DIR={dest} docker compose -f docker-compose.yml "
+              "-f deploy/docker-compose.secure.yml up -d")  # fmt: skip
+    print(f"export {client_settings.STACK_ENV}={settings}   # so that your runs report to it")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -594,4 +780,6 @@ def main(args: argparse.Namespace) -> int:
         return up(args)
     if args.action == "down":
         return down(args)
+    if args.action == "secure":
+        return secure(args)
     return status(args)

@@ -37,7 +37,8 @@ class CarbonwatchCallback(_Base):  # type: ignore[misc]
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.run is not None:
-            self.run.epoch(int(getattr(state, "epoch", 0) or 0))
+            # state.epoch: the epochs done so far (0.0 as the first begins), so the numbering is from 0
+            self.run.epoch(int(getattr(state, "epoch", 0) or 0), first_epoch=0)
             self.run.phase("train")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

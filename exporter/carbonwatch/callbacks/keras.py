@@ -32,7 +32,7 @@ class CarbonwatchCallback(_Base):  # type: ignore[misc]
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.run is not None:
-            self.run.epoch(epoch)
+            self.run.epoch(epoch, first_epoch=0)  # Keras numbers epochs from 0
             self.run.phase("train")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:

@@ -30,7 +30,7 @@ class CarbonwatchCallback(_Base):  # type: ignore[misc]
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if self.run is not None:
-            self.run.epoch(int(trainer.current_epoch))
+            self.run.epoch(int(trainer.current_epoch), first_epoch=0)  # Lightning numbers epochs from 0
             self.run.phase("train")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -11,6 +11,10 @@
 Nothing here raises into training code once the run has started: every call only updates in-memory state
 under a lock (microseconds); pushes, measurement and budget checks run on daemon threads. Bad labels are
 refused when the run is created (ConfigError naming the label), before training starts.
+
+Measurement: when a node exporter serves this node (its heartbeat file in the spool directory is fresh), it
+attributes the run's processes and no sampler runs in the training process; otherwise (local mode) the
+local meter samples the run's process tree here.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,12 +35,22 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
-from carbonwatch.client import runsfile
+from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.labels import validate_label, validate_metric_name, validate_run_id
+from carbonwatch.client.node import exporter_alive
 from carbonwatch.client.pusher import BOTH, OWNER, PROGRESS, ProgressState, Pusher, RunLabels, RunProgress
 from carbonwatch.client.settings import RunSettings, default_runs_file, hostname, resolve
-from carbonwatch.client.summary import build_record, format_summary, intensity_for
+from carbonwatch.client.summary import (
+    LOCAL_METER,
+    NODE_EXPORTER,
+    NOT_MEASURED,
+    budget_exceeded_message,
+    build_record,
+    format_summary,
+    intensity_for,
+)
 from carbonwatch.errors import ConfigError
+from carbonwatch.intensity import check_zone
 
 log = logging.getLogger("carbonwatch.client")
 OWNER_ONLY = frozenset({OWNER})
@@ -53,19 +66,35 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def query_prometheus_emissions(prometheus: str, run_id: str, timeout: float = 2.0) -> float | None:
-    """The run's recorded emissions (run_id:carbonwatch_emissions_grams:total), or None if absent."""
+def _prometheus_query(prometheus: str, query: str, timeout: float) -> list[dict[str, Any]]:
     import requests
 
     url = prometheus if "://" in prometheus else f"http://{prometheus}"
-    q = f'sum(run_id:carbonwatch_emissions_grams:total{{run_id="{validate_run_id(run_id)}"}})'
-    resp = requests.get(url.rstrip("/") + "/api/v1/query", params={"query": q}, timeout=timeout)
+    resp = requests.get(url.rstrip("/") + "/api/v1/query", params={"query": query}, timeout=timeout)
     resp.raise_for_status()
-    result = resp.json()["data"]["result"]
+    result: list[dict[str, Any]] = resp.json()["data"]["result"]
+    return result
+
+
+def query_prometheus_emissions(prometheus: str, run_id: str, timeout: float = 2.0) -> float | None:
+    """The run's recorded emissions (run_id:carbonwatch_emissions_grams:total), or None if absent."""
+    q = f'sum(run_id:carbonwatch_emissions_grams:total{{run_id="{validate_run_id(run_id)}"}})'
+    result = _prometheus_query(prometheus, q, timeout)
     if not result:
         return None
     value = float(result[0]["value"][1])
     return value if math.isfinite(value) else None
+
+
+def query_prometheus_energy(prometheus: str, run_id: str, timeout: float = 2.0) -> dict[str, float]:
+    """The run's recorded energy per component (run_id_component:carbonwatch_energy_joules:total), J."""
+    q = f'sum by (component) (run_id_component:carbonwatch_energy_joules:total{{run_id="{validate_run_id(run_id)}"}})'
+    out: dict[str, float] = {}
+    for r in _prometheus_query(prometheus, q, timeout):
+        value = float(r["value"][1])
+        if math.isfinite(value):
+            out[str(r["metric"].get("component", "other"))] = value
+    return out
 
 
 class Run:
@@ -88,6 +117,7 @@ class Run:
         config_file: str | None = None,
         expected_end_time: float | None = None,
         total_epochs: int | None = None,
+        first_epoch: int | None = None,
         summary: bool = True,
         root_pid: int | None = None,
         register: bool = True,
@@ -128,21 +158,33 @@ class Run:
             raise ConfigError(f"budget-grams: expected a number > 0, got {budget_grams!r}")
         if total_epochs is not None and (not isinstance(total_epochs, int) or total_epochs <= 0):
             raise ConfigError(f"total_epochs: expected a whole number > 0, got {total_epochs!r}")
+        if first_epoch not in (None, 0, 1) or isinstance(first_epoch, bool):
+            raise ConfigError(
+                f"first_epoch: expected 0 or 1 (how the script numbers its first epoch), got {first_epoch!r}"
+            )
+        if not self.wrapped:  # inside `carbonwatch run` the wrapper checked it
+            check_zone(s.zone, s.intensity or None)
         self.budget_grams = None if budget_grams is None else float(budget_grams)
         self.budget_handler = handler
         self.total_epochs = total_epochs
+        self.first_epoch = first_epoch  # None: 0 if the script's first epoch() call says 0, else 1
+        self._seen_first_epoch: int | None = None
         self.summary = summary and not self.wrapped
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self.register = register and root_pid is None and not self.wrapped
         self.progress_state = RunProgress(self.labels, start_time=time.time())
+        retention = s.retention
+        self.progress_state.update(lambda st: setattr(st, "retention_seconds", retention))
         if expected_end_time is not None:
             self.progress_state.update(lambda st: setattr(st, "expected_end_time", float(expected_end_time)))
         if self.budget_grams is not None:
             b = self.budget_grams
             self.progress_state.update(lambda st: setattr(st, "budget_grams", b))
         self.pusher: Pusher | None = None
-        self.reaper: subprocess.Popen[bytes] | None = None  # deletes the group after the retention
         self.meter: Any = None
+        self.measurement = NOT_MEASURED  # who measures the energy: LOCAL_METER, NODE_EXPORTER or NOT_MEASURED
+        self.on_budget_note = ""  # what happens on top of the warning, said in it (set by `carbonwatch run`)
+        self.swept: reaper.SweepResult | None = None  # the finish's clean-up of expired gateway groups
         self.over_budget = False  # True once the budget is exceeded; a loop may poll it to stop cleanly
         self.record: dict[str, Any] | None = None
         self.exit_code: int | None = None
@@ -166,20 +208,33 @@ class Run:
         self._started = True
         s = self.settings
         try:
+            node = not self.wrapped and exporter_alive()
             if s.pushgateway:
                 parts = PROGRESS_ONLY if self.wrapped else (OWNER_ONLY if self.wrapper else BOTH)
                 self.pusher = Pusher(
                     s.pushgateway, self.progress_state, interval=s.push_interval, heartbeat=s.heartbeat,
-                    timeout=s.push_timeout, parts=parts,
+                    timeout=s.push_timeout, parts=parts, auth=s.pushgateway_auth,
+                    # a long outage is retried at least every 3 heartbeats (30 s by default)
+                    max_backoff=max(s.push_interval, min(30.0, 3 * s.heartbeat)),
                 )
                 self.pusher.start()
+                if not self.wrapped:
+                    threading.Thread(target=self._sweep, name="carbonwatch-sweep", daemon=True).start()
             if self.register:
                 # Subprocesses started from here on (data loader workers, launchers) carry the run id.
                 self._old_env = os.environ.get("CARBONWATCH_RUN_ID")
                 os.environ["CARBONWATCH_RUN_ID"] = self.run_id
-                if s.pushgateway:
+                if s.pushgateway or node:
                     self._register()
-            if (s.local_meter or s.local_mode) and not self.wrapped:
+            if node:
+                self.measurement = NODE_EXPORTER  # measured once, by the exporter: no sampler here
+                log.info("carbonwatch: run %s: the node exporter measures it", self.run_id)
+                if self.budget_grams is not None and not s.prometheus:
+                    log.warning(
+                        "carbonwatch: run %s: the budget is not checked: the node exporter measures the run, and "
+                        "reading its emissions needs --prometheus / CARBONWATCH_PROMETHEUS", self.run_id,
+                    )
+            elif (s.local_meter or s.local_mode) and not self.wrapped:
                 self._start_meter()
             if self.budget_grams is not None and not self.wrapped:
                 self._budget_thread = threading.Thread(
@@ -207,9 +262,22 @@ class Run:
 
             self.meter = LocalMeter(self.run_id, self.root_pid, interval=self.settings.meter_interval)
             self.meter.start()
+            self.measurement = LOCAL_METER
         except Exception as exc:
             self.meter = None
             log.warning("carbonwatch: local measurement unavailable (%s); the run is tracked without it", exc)
+
+    def _sweep(self, deadline_s: float | None = None) -> reaper.SweepResult | None:
+        """Delete finished runs' groups past their retention from the gateway (never this run's)."""
+        s = self.settings
+        if not s.pushgateway:
+            return None
+        auth = s.pushgateway_auth
+        res = reaper.sweep(s.pushgateway, s.retention, timeout=s.push_timeout, deadline_s=deadline_s,
+                           keep=(self.run_id,), fetch=auth.fetch, handler=auth.handler())
+        if res.deleted:
+            log.debug("carbonwatch: deleted the finished runs %s from %s", ", ".join(res.deleted), s.pushgateway)
+        return res
 
     def _install_sigterm(self) -> None:
         # SIGTERM (batch schedulers, `kill`) becomes SystemExit in the main thread, so `with` blocks exit
@@ -306,7 +374,10 @@ class Run:
         if self.pusher is not None:
             pushed = self.pusher.finish(deadline_s=max(2.0, 2 * s.push_timeout))
             if pushed:
-                self.reaper = self.pusher.schedule_delete(s.retention)
+                # The final state stays for the retention so Prometheus scrapes it; later sweeps delete it.
+                if s.retention <= 0:
+                    self.pusher.delete()
+                self.swept = self._sweep(deadline_s=s.push_timeout)
             else:
                 log.warning(
                     "carbonwatch: the final state of run %s could not be pushed (%s); it is in the runs file",
@@ -315,22 +386,31 @@ class Run:
         grams_per_kwh, source = self._grid_intensity()
         snap = self.progress_state.snapshot()
         prom = None
+        energy = dict(totals.energy_joules) if totals is not None else {}
+        sources = dict(totals.sources) if totals is not None else {}
         if s.prometheus:
             try:
                 prom = query_prometheus_emissions(s.prometheus, self.run_id, timeout=s.push_timeout)
+                if self.measurement == NODE_EXPORTER:
+                    energy = query_prometheus_energy(s.prometheus, self.run_id, timeout=s.push_timeout)
+                    sources = dict.fromkeys(energy, "node exporter")
             except Exception as exc:
-                log.warning("carbonwatch: could not read the run's emissions from Prometheus: %s", exc)
+                log.warning("carbonwatch: could not read the run's figures from Prometheus: %s", exc)
         labels = {k: getattr(self.labels, k) for k in ("run_id", "user", "model", "project", "team", "host")}
+        node = self.measurement == NODE_EXPORTER
         rec = build_record(
             labels=labels, status=status, exit_code=self.exit_code, start_time=snap.start_time, end_time=end,
-            energy_joules=dict(totals.energy_joules) if totals is not None else {},
-            sources=dict(totals.sources) if totals is not None else {},
+            energy_joules=energy, sources=sources,
             zone=s.zone, grams_per_kwh=grams_per_kwh, intensity_source=source,
             price_per_kwh=s.price_per_kwh, currency=s.currency, budget_grams=self.budget_grams,
+            measurement=self.measurement, emissions_grams=prom if node else None,
             extra={
-                "mode": "local" if s.local_mode else "pushgateway",
+                "mode": "node" if node else ("local" if s.local_mode else "pushgateway"),
                 "pushgateway": s.pushgateway or "",
                 "pushed": pushed,
+                "pushes": self.pusher.pushes if self.pusher is not None else 0,
+                "push_error": self.pusher.last_error if self.pusher is not None and not pushed else "",
+                "labels_via": "environment" if node and self.wrapper and not s.pushgateway else "",
                 "prometheus_emissions_grams": prom,
                 "samples": snap.samples,
                 "epoch": snap.epoch,
@@ -380,9 +460,15 @@ class Run:
                 return
 
     def _budget_exceeded(self, grams: float) -> None:
+        """Said once, with the figures and what happens next; then the configured action."""
+        assert self.budget_grams is not None
         self.over_budget = True
+        note = self.on_budget_note
+        if not note and self.budget_handler is None and self.settings.on_budget == "stop":
+            note = "stopping the run (KeyboardInterrupt in the main thread, as Ctrl-C)"
         log.warning(
-            "carbonwatch: run %s exceeded its carbon budget: %.3f g of %.3f g", self.run_id, grams, self.budget_grams
+            "carbonwatch: %s%s", budget_exceeded_message(self.run_id, grams, self.budget_grams),
+            f"; {note}" if note else "",
         )
         try:
             if self.budget_handler is not None:
@@ -393,17 +479,30 @@ class Run:
             log.warning("carbonwatch: the on_budget callback failed: %s", exc)
 
     # ---- training-thread API (cheap, never raises) -----------------------------------------------
-    def epoch(self, epoch: int) -> None:
-        """The current epoch (0-based or 1-based, as the script counts)."""
+    def epoch(self, epoch: int, first_epoch: int | None = None) -> None:
+        """The epoch starting now, numbered as the script numbers them: from 0 (`for epoch in range(n)`) or
+        from 1. Pushed as `carbonwatch_run_epoch` = epochs started, counted from 1, so an 8-epoch run ends at 8
+        either way and g/epoch divides by 8. The numbering is `first_epoch` (here or on the Run), else 0 once
+        the script has passed 0, else 1; a 0-based run resumed past epoch 0 passes first_epoch=0."""
         try:
             e = int(epoch)
+            if e < 0:
+                raise ValueError("a negative epoch")
+            if first_epoch in (0, 1) and self.first_epoch is None:
+                self.first_epoch = first_epoch
+            base = self.first_epoch
+            if base is None:
+                if self._seen_first_epoch is None or e == 0:
+                    self._seen_first_epoch = min(e, 1)
+                base = self._seen_first_epoch
+            count = e - min(base, e) + 1  # epochs started, this one included
             expected = None
-            if self.total_epochs and e > 0:
+            if self.total_epochs and count > 1:
                 start = self.progress_state.snapshot().start_time
-                expected = start + (time.time() - start) / e * self.total_epochs
+                expected = start + (time.time() - start) / (count - 1) * self.total_epochs
 
             def upd(st: Any) -> None:
-                st.epoch = e
+                st.epoch = count
                 if expected is not None:
                     st.expected_end_time = expected
 
@@ -497,6 +596,7 @@ def wait_below(
     s = _resolve({"zone": zone})
     cfg = intensity_cfg if intensity_cfg is not None else s.intensity
     provider = provider_from_config(cfg or None)  # a bad intensity config is a ConfigError, raised here
+    check_zone(s.zone, cfg or None)  # never wait on the world average standing in for a mistyped zone
     deadline = time.monotonic() + max_wait
     while True:
         try:

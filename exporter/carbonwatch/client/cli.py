@@ -1,9 +1,11 @@
 """`carbonwatch run [flags] -- CMD ...`: track a training command without changing it.
 
 CMD runs in its own process group with CARBONWATCH_RUN_ID set (the node exporter attributes it and its
-children to the run). Signals sent to the wrapper (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2)
-are forwarded to that process group; on a terminal the group is made the foreground group, so Ctrl-C
-reaches CMD directly. The exit status of CMD is passed through (128+N when it died of signal N).
+children to the run), and CARBONWATCH_USER, CARBONWATCH_PROJECT, CARBONWATCH_MODEL and CARBONWATCH_TEAM set
+from the flags (the node exporter can publish the run's labels from them, without a Pushgateway).
+Signals sent to the wrapper (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) are forwarded to that
+process group; on a terminal the group is made the foreground group, so Ctrl-C reaches CMD directly. The
+exit status of CMD is passed through (128+N when it died of signal N).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from carbonwatch.client.api import Run, new_run_id, wait_below
+from carbonwatch.client.node import exporter_alive
 from carbonwatch.client.settings import ON_BUDGET, resolve
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
@@ -46,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait", default="6h", help="longest wait for --wait-below (default 6h)")
     p.add_argument("--poll", default="5m", help="how often --wait-below checks the intensity (default 5m)")
     p.add_argument("--no-local-meter", action="store_true",
-                   help="with a Pushgateway, leave measurement to the node exporter")
+                   help="never measure in this process (a live node exporter measures the run anyway, and then "
+                   "no local meter runs)")
     p.add_argument("--quiet", action="store_true", help="no summary at the end")
     p.add_argument("--config.file", dest="config_file", help="YAML config (env CARBONWATCH_CONFIG), section run")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
@@ -97,12 +101,7 @@ def main(args: argparse.Namespace) -> int:
     )
     stop_requested: list[int] = []
 
-    def on_budget(run: Run, grams: float) -> None:
-        print(
-            f"carbonwatch: run {run.run_id} exceeded its budget ({grams:.3f} g of {run.budget_grams:g} g)"
-            + ("; stopping the command (SIGINT)" if settings.on_budget == "stop" else ""),
-            file=sys.stderr, flush=True,
-        )
+    def on_budget(run: Run, grams: float) -> None:  # the run has said it exceeded the budget, once
         if settings.on_budget == "stop" and child is not None:
             stop_requested.append(signal.SIGINT)
             _killpg(child.pid, signal.SIGINT)
@@ -111,8 +110,11 @@ def main(args: argparse.Namespace) -> int:
         run_id=args.run_id or new_run_id(), model=args.model, budget_grams=args.budget_grams, on_budget=on_budget,
         settings=settings, root_pid=0, wrapper=True, summary=not args.quiet,
     )
-    print(f"carbonwatch: run id {run.run_id}" + ("" if settings.pushgateway else " (local mode)"),
-          file=sys.stderr, flush=True)
+    if settings.on_budget == "stop":
+        run.on_budget_note = "stopping the command (SIGINT to its process group, as Ctrl-C)"
+    where = " (measured by the node exporter)" if exporter_alive() else (
+        "" if settings.pushgateway else " (local mode)")
+    print(f"carbonwatch: run id {run.run_id}{where}", file=sys.stderr, flush=True)
     if args.wait_below is not None:
         below, value, source = wait_below(
             args.wait_below, zone=settings.zone, max_wait=parse_duration(args.max_wait, "max-wait"),
@@ -126,8 +128,17 @@ def main(args: argparse.Namespace) -> int:
         )
 
     env = dict(os.environ, CARBONWATCH_RUN_ID=run.run_id, CARBONWATCH_RUN_WRAPPED="1")
+    # The run's labels, validated by Run: the node exporter reads them from the command's environment.
+    lab = run.labels
+    for var, text in (("CARBONWATCH_USER", lab.user), ("CARBONWATCH_PROJECT", lab.project),
+                      ("CARBONWATCH_MODEL", lab.model), ("CARBONWATCH_TEAM", lab.team)):
+        if text:
+            env[var] = text
+        else:
+            env.pop(var, None)
     if settings.pushgateway:
         env["CARBONWATCH_PUSHGATEWAY"] = settings.pushgateway
+        env.update(settings.pushgateway_auth.child_env())  # the script's in-code client: the same credentials
     child: subprocess.Popen[bytes] | None = None
     try:
         tty = _on_terminal()

@@ -23,6 +23,8 @@ from prometheus_client.exposition import delete_from_gateway, push_to_gateway, p
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from carbonwatch.client.auth import PushgatewayAuth, redact_url
+
 log = logging.getLogger("carbonwatch.client")
 
 JOB = "carbonwatch_run"
@@ -46,6 +48,7 @@ class ProgressState:
     start_time: float = 0.0
     end_time: float | None = None
     budget_grams: float | None = None
+    retention_seconds: float | None = None  # how long the finished group stays on the gateway (the sweeps read it)
     expected_end_time: float | None = None
     epoch: int | None = None
     samples: float = 0.0
@@ -125,6 +128,9 @@ class RunCollector(Collector):
             yield from gauge(
                 "carbonwatch_run_last_push_time_seconds", "Time of this push, Unix seconds (heartbeat).", time.time()
             )
+            yield from gauge("carbonwatch_run_retention_seconds",
+                             "How long the finished run's group stays on the gateway before a sweep deletes it.",
+                             s.retention_seconds)
         if PROGRESS in self.parts:
             yield from gauge(
                 "carbonwatch_run_expected_end_time_seconds",
@@ -132,7 +138,7 @@ class RunCollector(Collector):
                 s.expected_end_time,
             )
             yield from gauge(
-                "carbonwatch_run_epoch", "Current training epoch.", None if s.epoch is None else float(s.epoch)
+                "carbonwatch_run_epoch", "Training epochs started, counted from 1.", None if s.epoch is None else float(s.epoch)
             )
             samples = CounterMetricFamily(
                 "carbonwatch_run_samples", "Training samples processed by the run.", labels=["run_id"]
@@ -170,8 +176,10 @@ class Pusher:
         max_backoff: float = 30.0,
         job: str = JOB,
         parts: frozenset[str] = BOTH,
+        auth: PushgatewayAuth | None = None,
     ) -> None:
         self.gateway = gateway
+        self.auth = auth or PushgatewayAuth()  # credentials and TLS; never in a log line or the error text
         self.progress = progress
         self.interval = interval
         self.heartbeat = heartbeat
@@ -200,7 +208,7 @@ class Pusher:
             push = push_to_gateway if self.replace_group else pushadd_to_gateway
             push(
                 self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
-                timeout=self.timeout,
+                timeout=self.timeout, handler=self.auth.handler(),
             )
         except Exception as exc:  # network, HTTP 4xx/5xx: never raised into training
             self.failures += 1
@@ -208,12 +216,12 @@ class Pusher:
             if not self._warned:
                 log.warning(
                     "carbonwatch: cannot push to the Pushgateway at %s (%s); the run goes on, the state is kept "
-                    "and sent when it answers again", self.gateway, self.last_error,
+                    "and sent when it answers again", redact_url(self.gateway), self.last_error,
                 )
                 self._warned = True
             return False
         if self._warned:
-            log.warning("carbonwatch: Pushgateway at %s answers again; run state sent", self.gateway)
+            log.warning("carbonwatch: Pushgateway at %s answers again; run state sent", redact_url(self.gateway))
             self._warned = False
         self.failures = 0
         self.pushes += 1
@@ -255,10 +263,11 @@ class Pusher:
 
     def delete(self) -> bool:
         try:
-            delete_from_gateway(self.gateway, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout)
+            delete_from_gateway(self.gateway, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout,
+                                handler=self.auth.handler())  # fmt: skip
             return True
         except Exception as exc:
-            log.warning("carbonwatch: could not delete the run's group from %s: %s", self.gateway, exc)
+            log.warning("carbonwatch: could not delete the run's group from %s: %s", redact_url(self.gateway), exc)
             return False
 
     def schedule_delete(self, after: float) -> subprocess.Popen[bytes] | None:

@@ -1,35 +1,193 @@
-"""Deletes a finished run's Pushgateway group after its retention (started detached by the pusher).
+"""Retention of finished runs on the Pushgateway, enforced by a sweep (no process outlives a run).
 
-python -m carbonwatch.client.reaper --gateway URL --job JOB --run-id ID --after SECONDS
+A run's final state (status, end time) must stay on the gateway long enough to be scraped, so the run
+cannot delete its own group as it exits. Instead every run client sweeps the gateway, in-process and
+bounded by a deadline: once when it starts (on a daemon thread) and once after its final push. A sweep
+deletes the `carbonwatch_run` groups that ended (they hold `carbonwatch_run_end_time_seconds`) and were
+last pushed more than `retention` ago. Groups of runs still running, or killed without an end (the
+CarbonwatchRunStale alert's business), are left alone.
+
+The stack can enforce the retention without any run client (credentials from the CARBONWATCH_PUSHGATEWAY_*
+variables): one sweep (cron), or a sweep every D as one of the stack's services, stopped with it:
+
+    python -m carbonwatch.client.reaper --gateway URL [--retention 30s] [--timeout 2s] [--every 15s]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.exposition import delete_from_gateway
 
+from carbonwatch.client import auth as pgauth
+from carbonwatch.client.auth import PushgatewayAuth
+from carbonwatch.durations import parse_duration
+from carbonwatch.errors import ConfigError
+
+log = logging.getLogger("carbonwatch.client")
+
+JOB = "carbonwatch_run"
+END_TIME = "carbonwatch_run_end_time_seconds"
+PUSH_TIME = "push_time_seconds"  # set by the gateway on every successful push to a group
+RETENTION = "carbonwatch_run_retention_seconds"  # a run's own retention, pushed with its state
+
+Fetch = Callable[[str, float], bytes]  # (url, timeout) -> body
+Delete = Callable[[str, float], None]  # (run_id, timeout), raises on failure
+
+
+@dataclass
+class SweepResult:
+    deleted: list[str] = field(default_factory=list)
+    kept: int = 0  # finished groups still inside their retention, and running ones
+    error: str = ""  # why the sweep stopped early ("" when it went through)
+
+
+def gateway_url(gateway: str) -> str:
+    return (gateway if "://" in gateway else f"http://{gateway}").rstrip("/")
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (the configured gateway)
+        body: bytes = resp.read(64 << 20)
+        return body
+
+
+def _value(group: dict[str, Any], name: str) -> float | None:
+    try:
+        return float(group[name]["metrics"][0]["value"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def expired(groups: Sequence[dict[str, Any]], retention: float, now: float, job: str = JOB) -> tuple[list[str], int]:
+    """The run ids of finished groups of `job` last pushed at least their retention before `now` (the run's
+    own `carbonwatch_run_retention_seconds` where it pushed one, else `retention`), and how many groups of
+    `job` are kept."""
+    out: list[str] = []
+    kept = 0
+    for g in groups:
+        labels = g.get("labels") if isinstance(g, dict) else None
+        if not isinstance(labels, dict) or labels.get("job") != job or not labels.get("run_id"):
+            continue
+        end = _value(g, END_TIME)
+        pushed = _value(g, PUSH_TIME)
+        if end is None:  # running, or killed without an end: not ours to forget
+            kept += 1
+            continue
+        last = max(end, pushed if pushed is not None else end)
+        own = _value(g, RETENTION)
+        if now - last >= (own if own is not None and own >= 0 else retention):
+            out.append(str(labels["run_id"]))
+        else:
+            kept += 1
+    return out, kept
+
+
+def sweep(
+    gateway: str,
+    retention: float,
+    *,
+    timeout: float = 2.0,
+    deadline_s: float | None = None,
+    keep: Sequence[str] = (),
+    job: str = JOB,
+    fetch: Fetch = _fetch,
+    handler: Any = None,
+    delete: Delete | None = None,
+    clock: Callable[[], float] = time.time,
+) -> SweepResult:
+    """Delete the finished groups past their retention. Never raises; the whole sweep takes at most
+    `deadline_s` (default 2 x timeout) plus one request's timeout. `fetch` GETs the gateway's group list and
+    `handler` (a prometheus_client push handler) sends the deletes: both carry the gateway's credentials."""
+    res = SweepResult()
+    start = time.monotonic()
+    limit = start + (2 * timeout if deadline_s is None else deadline_s)
+    url = gateway_url(gateway)
+
+    def default_delete(run_id: str, t: float) -> None:
+        if handler is None:
+            delete_from_gateway(url, job=job, grouping_key={"run_id": run_id}, timeout=t)
+        else:
+            delete_from_gateway(url, job=job, grouping_key={"run_id": run_id}, timeout=t, handler=handler)
+
+    remove = delete or default_delete
+    try:
+        body = json.loads(fetch(f"{url}/api/v1/metrics", timeout))
+        groups = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(groups, list):
+            raise ValueError("the gateway's /api/v1/metrics has no data list")
+    except Exception as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+        return res
+    ids, res.kept = expired(groups, retention, clock(), job)
+    for run_id in ids:
+        if run_id in keep:
+            res.kept += 1
+            continue
+        left = limit - time.monotonic()
+        if left <= 0:
+            res.error = f"deadline reached with {len(ids) - len(res.deleted)} groups left"
+            break
+        try:
+            remove(run_id, min(timeout, left))
+            res.deleted.append(run_id)
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            break
+    return res
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="carbonwatch-reaper")
-    p.add_argument("--gateway", required=True)
-    p.add_argument("--job", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--after", type=float, default=30.0)
-    p.add_argument("--timeout", type=float, default=2.0)
-    p.add_argument("--attempts", type=int, default=5)
+    p = argparse.ArgumentParser(prog="carbonwatch-reaper", description="delete finished runs' Pushgateway "
+                                "groups once their retention has passed (one sweep, then exit)")
+    p.add_argument("--gateway", required=True, help="Pushgateway URL or HOST:PORT")
+    p.add_argument("--retention", default="30s", help="how long a finished run's group stays (default 30s)")
+    p.add_argument("--timeout", default="2s", help="per request (default 2s)")
+    p.add_argument("--job", default=JOB)
+    p.add_argument("--every", help="sweep every this long until SIGTERM or SIGINT (a stack service); "
+                   "default: one sweep, then exit")
     a = p.parse_args(argv)
-    time.sleep(max(0.0, a.after))
-    for attempt in range(a.attempts):
-        try:
-            delete_from_gateway(a.gateway, job=a.job, grouping_key={"run_id": a.run_id}, timeout=a.timeout)
+    try:
+        retention, timeout = parse_duration(a.retention, "--retention"), parse_duration(a.timeout, "--timeout")
+        every = parse_duration(a.every, "--every") if a.every else None
+        if every is not None and every <= 0:
+            raise ConfigError("--every: must be more than 0")
+    except ConfigError as exc:
+        print(f"carbonwatch-reaper: {exc}", file=sys.stderr)
+        return 2
+    try:  # the gateway's credentials from the environment, as the run client reads them
+        auth = PushgatewayAuth(**pgauth.from_env(os.environ)).check()
+    except ConfigError as exc:
+        print(f"carbonwatch-reaper: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    if every is not None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    last_error = ""
+    while True:
+        res = sweep(a.gateway, retention, timeout=timeout, job=a.job, deadline_s=60.0, fetch=auth.fetch,
+                    handler=auth.handler())
+        for run_id in res.deleted:
+            print(f"deleted {run_id}", flush=True)
+        if res.error and res.error != last_error:  # a gateway that stays down is said once
+            print(f"carbonwatch-reaper: {res.error}", file=sys.stderr, flush=True)
+        last_error = res.error
+        if every is None:
+            return 1 if res.error else 0
+        if stop.wait(every):
             return 0
-        except Exception:
-            time.sleep(min(30.0, 2.0**attempt))
-    return 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""End-of-run record and the summary printed from it: energy per component with its source, emissions at
-the zone's grid intensity, cost, and everyday equivalents with their cited factors."""
+"""End-of-run record and the summary printed from it: energy per component with its source (or where the
+node exporter's figures are), emissions at the zone's grid intensity, cost, budget, where the run's labels
+went, and everyday equivalents with their cited factors."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from carbonwatch.equivalents import FACTORS, SOURCE, equivalents
@@ -12,6 +14,43 @@ log = logging.getLogger("carbonwatch.client")
 
 WORLD_GRAMS_PER_KWH = 481.0  # world average, Ember 2023 (the contract's default for zone "world")
 JOULES_PER_KWH = 3.6e6
+
+# Who measured the run's energy (the record's `measurement`).
+LOCAL_METER = "local meter"  # this process sampled the run's process tree
+NODE_EXPORTER = "node exporter"  # a live node exporter attributes the run; no sampler ran here
+NOT_MEASURED = "none"  # no exporter and the local meter turned off
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """`x` with `digits` significant digits and no exponent: 0.00244, 47.1, 1,234."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 10**digits:
+        return f"{x:,.0f}"
+    text = f"{x:.{digits}g}"
+    if "e" in text:
+        decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+        text = f"{x:.{decimals}f}"
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def fmt_grams(g: float) -> str:
+    return f"{sig(g / 1000)} kg" if abs(g) >= 1000 else f"{sig(g)} g"
+
+
+def fmt_percent(ratio: float) -> str:
+    return f"{sig(ratio * 100)} %"
+
+
+def budget_exceeded_message(run_id: str, grams: float, budget_grams: float) -> str:
+    """One line with the figures that tell how far over: 'run R exceeded its carbon budget: 0.00244 g CO2e of
+    0.001 g (244 %)'. The budget is shown as given (up to 6 significant digits)."""
+    return (
+        f"run {run_id} exceeded its carbon budget: {fmt_grams(grams)} CO2e of {sig(budget_grams, 6)} g "
+        f"({fmt_percent(grams / budget_grams)})"
+    )
 
 
 def intensity_for(zone: str, intensity_cfg: dict[str, Any] | None) -> tuple[float, str]:
@@ -41,11 +80,18 @@ def build_record(
     price_per_kwh: float | None = None,
     currency: str = "",
     budget_grams: float | None = None,
+    measurement: str = LOCAL_METER,
+    emissions_grams: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run's record. Emissions are the energy at `grams_per_kwh`, unless `emissions_grams` is given (the
+    figure Prometheus recorded at each interval's intensity). With nothing measured and no figure given,
+    energy and emissions are None: unknown, never 0."""
     total_j = sum(energy_joules.values())
-    kwh = total_j / JOULES_PER_KWH
-    grams = kwh * grams_per_kwh
+    known = bool(energy_joules) or measurement == LOCAL_METER
+    kwh = total_j / JOULES_PER_KWH if known else None
+    if emissions_grams is None and kwh is not None:
+        emissions_grams = kwh * grams_per_kwh
     rec: dict[str, Any] = dict(labels)
     rec.update(
         status=status,
@@ -53,17 +99,18 @@ def build_record(
         start_time=round(start_time, 3),
         end_time=round(end_time, 3),
         duration_seconds=round(end_time - start_time, 3),
+        measurement=measurement,
         energy_joules=dict(sorted(energy_joules.items())),
         sources=dict(sorted(sources.items())),
         energy_kwh=kwh,
         zone=zone,
         intensity_grams_per_kwh=grams_per_kwh,
         intensity_source=intensity_source,
-        emissions_grams=grams,
-        cost=None if price_per_kwh is None else kwh * price_per_kwh,
-        currency=currency if price_per_kwh is not None else "",
+        emissions_grams=emissions_grams,
+        cost=None if price_per_kwh is None or kwh is None else kwh * price_per_kwh,
+        currency=currency if price_per_kwh is not None and kwh is not None else "",
         budget_grams=budget_grams,
-        equivalents=equivalents(grams),
+        equivalents=equivalents(emissions_grams) if emissions_grams is not None else {},
     )
     if extra:
         rec.update(extra)
@@ -79,44 +126,83 @@ def _duration(seconds: float) -> str:
 
 def _energy(j: float) -> str:
     if j >= 3.6e5:
-        return f"{j / JOULES_PER_KWH:.3f} kWh"
-    return f"{j:.1f} J ({j / 3600:.3f} Wh)"
+        return f"{sig(j / JOULES_PER_KWH)} kWh"
+    return f"{sig(j)} J ({sig(j / 3600)} Wh)"
 
 
-def _grams(g: float) -> str:
-    return f"{g / 1000:.3f} kg" if g >= 1000 else f"{g:.4g} g"
+def labels_line(rec: dict[str, Any]) -> str | None:
+    """One line when the run's labels did not reach a Pushgateway (so Prometheus cannot tell whose run it
+    was), else None."""
+    gateway = str(rec.get("pushgateway") or "")
+    if not gateway:
+        if rec.get("labels_via") == "environment":
+            return ("  labels        no Pushgateway: the node exporter publishes them from the command's environment "
+                    "(no status, progress or budget in Prometheus)")
+        return ("  labels        reached no Pushgateway (none configured: --pushgateway or CARBONWATCH_PUSHGATEWAY); "
+                "kept in the runs file only")
+    if rec.get("pushed") is False:
+        why = str(rec.get("push_error") or "no answer")
+        if not rec.get("pushes"):
+            return (f"  labels        reached no Pushgateway: {gateway} did not answer ({why}); "
+                    "kept in the runs file only")
+        return f"  labels        pushed, but the final state did not reach {gateway} ({why}); it is in the runs file"
+    return None
 
 
 def format_summary(rec: dict[str, Any]) -> str:
+    run_id = rec.get("run_id")
     lines = [
-        f"carbonwatch run {rec.get('run_id')}: {rec.get('status')}"
+        f"carbonwatch run {run_id}: {rec.get('status')}"
         + (f" (exit code {rec['exit_code']})" if rec.get("exit_code") is not None else ""),
         f"  duration      {_duration(float(rec.get('duration_seconds') or 0.0))}",
     ]
     energy = rec.get("energy_joules") or {}
     sources = rec.get("sources") or {}
+    node = rec.get("measurement") == NODE_EXPORTER
     if energy:
         for comp, j in energy.items():
             lines.append(f"  energy {comp:<7}{_energy(float(j))}  [{sources.get(comp, '?')}]")
         lines.append(f"  energy total  {_energy(sum(float(v) for v in energy.values()))}")
+        if node:
+            lines.append("                (measured by the node exporter, as recorded in Prometheus by the end of "
+                         f"the run; `carbonwatch report {run_id}` has the final figures)")
+    elif node:
+        lines.append(f"  energy        measured by the node exporter, not in this process: `carbonwatch report {run_id}"
+                     " --prometheus URL` or the Grafana run dashboard shows it")
+    elif rec.get("measurement") == NOT_MEASURED:
+        lines.append("  energy        not measured (no node exporter is running here and the local meter is off)")
     else:
-        lines.append("  energy        not measured here (the run ended before the first sample, or a node exporter "
-                     "measures it: see Prometheus / Grafana)")
-    grams = _grams(float(rec.get("emissions_grams") or 0.0))
-    lines.append(
-        f"  emissions     {grams} CO2e at {rec.get('intensity_grams_per_kwh'):g} g/kWh "
-        f"(zone {rec.get('zone')}, {rec.get('intensity_source')})"
-    )
-    if rec.get("prometheus_emissions_grams") is not None:
-        lines.append(f"  recorded      {_grams(rec['prometheus_emissions_grams'])} CO2e (Prometheus, all nodes)")
+        lines.append("  energy        none measured (the run ended before the first sample)")
+    grams = rec.get("emissions_grams")
+    if grams is None:
+        lines.append(f"  emissions     recorded in Prometheus (pass --prometheus or set CARBONWATCH_PROMETHEUS to see "
+                     f"them here; zone {rec.get('zone')})")
+    elif node:
+        lines.append(f"  emissions     {fmt_grams(float(grams))} CO2e (Prometheus, at each interval's grid intensity)")
+    else:
+        lines.append(
+            f"  emissions     {fmt_grams(float(grams))} CO2e at {rec.get('intensity_grams_per_kwh'):g} g/kWh "
+            f"(zone {rec.get('zone')}, {rec.get('intensity_source')})"
+        )
+    if rec.get("prometheus_emissions_grams") is not None and not node:
+        lines.append(f"  recorded      {fmt_grams(float(rec['prometheus_emissions_grams']))} CO2e "
+                     "(Prometheus, all nodes, at each interval's grid intensity)")
     if rec.get("cost") is not None:
         lines.append(f"  cost          {rec['cost']:.4f} {rec.get('currency', '')}".rstrip())
-    if rec.get("budget_grams"):
-        used = float(rec.get("emissions_grams") or 0.0) / float(rec["budget_grams"])
-        lines.append(f"  budget        {rec['budget_grams']:g} g, {used:.1%} used")
+    budget = rec.get("budget_grams")
+    if budget:
+        if grams is None:
+            lines.append(f"  budget        {sig(float(budget), 6)} g (use: see Prometheus)")
+        else:
+            used = float(grams) / float(budget)
+            lines.append(f"  budget        {sig(float(budget), 6)} g, {fmt_percent(used)} used"
+                         + (" (exceeded)" if used >= 1 else ""))
+    line = labels_line(rec)
+    if line is not None:
+        lines.append(line)
     eq = rec.get("equivalents") or {}
     if eq:
-        lines.append("  equivalent to " + ", ".join(f"{eq[f.name]:.3g} {f.short}" for f in FACTORS if f.name in eq))
+        lines.append("  equivalent to " + ", ".join(f"{sig(eq[f.name])} {f.short}" for f in FACTORS if f.name in eq))
         lines.append(
             "                (" + ", ".join(f"{f.grams_per_unit:.3g} g per {f.short.rstrip('s')}" for f in FACTORS)
             + f"; {SOURCE})"

@@ -1,0 +1,87 @@
+"""Every command `make demo` prints works as printed: its program exists and carbonwatch's own parser accepts
+its arguments, whether or not `carbonwatch` is on PATH."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from carbonwatch import demo, stack
+from carbonwatch.cli import build_parser
+from carbonwatch.stack import Service, StackState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_stack(tmp_path: Path) -> StackState:
+    st = StackState(str(tmp_path / "state"), str(ROOT), 0.0, settings_file=str(tmp_path / "stack.env"))
+    for name, port in (("prometheus", 19090), ("pushgateway", 19091), ("exporter", 19860)):
+        st.services[name] = Service(name, port, [name])
+    return st
+
+
+def parse_printed(line: str) -> tuple[str, list[str]]:
+    """The program of a printed command line and the carbonwatch arguments it gives (parsed as printed)."""
+    argv = shlex.split(line)
+    if argv[:3] == [sys.executable, "-m", "carbonwatch"]:
+        prog, rest = argv[0], argv[3:]
+    else:
+        prog, rest = argv[0], argv[1:]
+    found = shutil.which(prog)  # on PATH, or an executable path
+    assert found is not None and os.access(found, os.X_OK), f"{prog!r} does not run as printed"
+    if Path(found).name == "carbonwatch" or argv[1:3] == ["-m", "carbonwatch"]:
+        build_parser(rest).parse_args(rest)  # SystemExit on anything carbonwatch would refuse
+    return found, rest
+
+
+@pytest.mark.parametrize("on_path", [False, True])
+def test_every_printed_command_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_path: bool) -> None:
+    script = Path(sys.executable).with_name("carbonwatch")
+    if not script.exists():
+        pytest.skip("no carbonwatch script in this environment")
+    path = str(script.parent) if on_path else "/usr/bin:/bin"
+    monkeypatch.setenv("PATH", path)
+    args = demo.parse(["--state-dir", str(tmp_path / "state"), "--run-id", "demo-test"])
+    cmds = demo.commands(args, fake_stack(tmp_path), "demo-test", ROOT)
+    printed = {k: demo.sh(v) for k, v in cmds.items()}
+    printed["up"] = demo.sh(demo.up_command(args))
+    for key, line in printed.items():
+        found, rest = parse_printed(line)
+        assert Path(found).resolve() == script.resolve(), (key, line)
+        assert line.split()[0] == ("carbonwatch" if on_path else str(script)), line
+    assert shlex.split(printed["report"])[1:] == ["report", "demo-test", "--prometheus", "http://127.0.0.1:19090"]
+    assert shlex.split(printed["down"])[1:] == ["stack", "down", "--state-dir", str(tmp_path / "state")]
+    run = shlex.split(printed["run"])
+    assert "--pushgateway=http://127.0.0.1:19091" in run and run[run.index("--") + 1] == sys.executable
+
+
+def test_the_printed_commands_really_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only parsed: `stack status` and `stack down` as printed, from another directory, do their job."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    args = demo.parse(["--state-dir", str(tmp_path / "state")])
+    cmds = demo.commands(args, fake_stack(tmp_path), "demo-test", ROOT)
+    for key, expect_rc, expect in (("status", 3, "no stack running"), ("down", 0, "nothing to stop")):
+        proc = subprocess.run(demo.sh(cmds[key]), shell=True, capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == expect_rc, proc.stderr
+        assert expect in proc.stdout
+
+
+def test_command_name_prefers_the_installation_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("carbonwatch")
+    if not script.exists():
+        pytest.skip("no carbonwatch script in this environment")
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "carbonwatch").write_text("#!/bin/sh\necho another checkout\n")
+    (other / "carbonwatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{other}:/usr/bin:/bin")  # a different carbonwatch first on PATH
+    assert stack.command_name() == str(script)
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert stack.command_name() == "carbonwatch"
