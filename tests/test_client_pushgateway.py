@@ -452,3 +452,18 @@ def test_with_a_node_exporter_the_summary_shows_the_figures_prometheus_recorded(
     assert "energy total  25 J" in text and "0.00244 g CO2e (Prometheus" in text
     assert "budget        0.001 g, 244 % used (exceeded)" in text
     assert "labels        reached no Pushgateway (none configured" in text
+
+
+def test_the_gateway_policy_is_the_longest_stay_and_a_run_may_ask_for_less() -> None:
+    def group(run_id: str, end: float, own: float | None) -> dict:
+        g = {"labels": {"job": "carbonwatch_run", "run_id": run_id},
+             "carbonwatch_run_end_time_seconds": {"metrics": [{"value": str(end)}]},
+             "push_time_seconds": {"metrics": [{"value": str(end)}]}}
+        if own is not None:
+            g["carbonwatch_run_retention_seconds"] = {"metrics": [{"value": str(own)}]}
+        return g
+
+    groups = [group("old", 900.0, None), group("recent", 990.0, None), group("asks-long", 900.0, 3600.0),
+              group("asks-short", 995.0, 1.0), group("asks-long-recent", 990.0, 3600.0)]
+    ids, kept = reaper.expired(groups, retention=30.0, now=1000.0)
+    assert sorted(ids) == ["asks-long", "asks-short", "old"] and kept == 2

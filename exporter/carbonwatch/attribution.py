@@ -48,7 +48,9 @@ def split_by_share(total: float, weights: Mapping[K, float]) -> tuple[dict[K, fl
     return parts, total - sum(parts.values())
 
 
-def split_gpu(total: float, processes: tuple[GpuProcessUse, ...] | list[GpuProcessUse]) -> tuple[dict[int, float], float]:
+def split_gpu(
+    total: float, processes: tuple[GpuProcessUse, ...] | list[GpuProcessUse]
+) -> tuple[dict[int, float], float]:
     """One GPU's energy over its processes: fixed MIG board shares where the source gives them, else
     `gpu_weights`."""
     shares: dict[int, float] = {}

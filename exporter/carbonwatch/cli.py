@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from carbonwatch import __version__
-from carbonwatch.errors import ConfigError
+from carbonwatch.errors import CarbonwatchError
 
 # subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.main(args))
-    except ConfigError as exc:
+    except CarbonwatchError as exc:  # input (2), device (3) or network (4): one line, no traceback
         print(f"carbonwatch {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

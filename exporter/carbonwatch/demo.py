@@ -24,7 +24,8 @@ from pathlib import Path
 import requests
 
 from carbonwatch import report, stack
-from carbonwatch.errors import ConfigError
+from carbonwatch.errors import CarbonwatchError
+from carbonwatch.promql import Prometheus
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -135,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     alert = wait_for(prom, f'ALERTS{{alertname="CarbonwatchRunBudgetExceeded",alertstate="firing",{sel}}}',
                      args.alert_timeout)  # fmt: skip
     try:
-        rep = report.collect(report.Prometheus(prom), run_id)
-    except ConfigError as exc:
+        rep = report.collect(Prometheus(prom), run_id)
+    except CarbonwatchError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     print(f"\n$ {sh(cmds['report'])}\n")

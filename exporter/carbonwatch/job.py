@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from carbonwatch.config import SLURM_CLUSTER_RE
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.report import DEFAULT_PROMETHEUS, JOULES_PER_KWH, Prometheus
+from carbonwatch.promql import Prometheus
+from carbonwatch.report import DEFAULT_PROMETHEUS, JOULES_PER_KWH
 
 JOB_RE = re.compile(r"^\d{1,20}$")
 FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Team", "Start", "End", "Elapsed", "EnergyKWh",

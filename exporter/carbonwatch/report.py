@@ -13,64 +13,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import requests
-
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.equivalents import FACTORS, SOURCE, equivalents
 from carbonwatch.errors import ConfigError
+from carbonwatch.promql import DEFAULT_URL, Prometheus
 
-DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+DEFAULT_PROMETHEUS = DEFAULT_URL
 TERMINAL = ("failed", "stopped", "succeeded")  # a run that has one of these ended with it
 COMPONENTS = ("gpu", "cpu", "memory")
 JOULES_PER_KWH = 3.6e6
-
-
-class Prometheus:
-    """Instant queries against the HTTP API; errors name the URL and the query."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--prometheus: {url!r} is not an http(s) URL")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        data = {"query": expr}
-        if at is not None:
-            data["time"] = f"{at:.3f}"
-        try:
-            r = self.session.post(f"{self.url}/api/v1/query", data=data, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise ConfigError(f"--prometheus: cannot reach Prometheus at {self.url}: {_reason(exc)}") from None
-        try:
-            body = r.json()
-        except ValueError:
-            raise ConfigError(
-                f"--prometheus: {self.url} answered HTTP {r.status_code} without JSON; is it Prometheus?"
-            ) from None
-        if body.get("status") != "success":
-            raise ConfigError(f"Prometheus at {self.url} rejected {expr!r}: {body.get('error', r.status_code)}")
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def scalar(self, expr: str, at: float | None = None) -> float | None:
-        """The value of a one-series result, None when there is no series."""
-        result = self.query(expr, at)
-        if not result:
-            return None
-        return float(result[0]["value"][1])
-
-    def by_label(self, expr: str, label: str, at: float | None = None) -> dict[str, float]:
-        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr, at)}
-
-
-def _reason(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused or host unreachable (is the stack up? `carbonwatch stack status`)"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return str(exc)
 
 
 @dataclass

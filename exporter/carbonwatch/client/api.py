@@ -51,6 +51,7 @@ from carbonwatch.client.summary import (
 )
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity import check_zone
+from carbonwatch.promql import Prometheus
 
 log = logging.getLogger("carbonwatch.client")
 OWNER_ONLY = frozenset({OWNER})
@@ -66,31 +67,17 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def _prometheus_query(prometheus: str, query: str, timeout: float) -> list[dict[str, Any]]:
-    import requests
-
-    url = prometheus if "://" in prometheus else f"http://{prometheus}"
-    resp = requests.get(url.rstrip("/") + "/api/v1/query", params={"query": query}, timeout=timeout)
-    resp.raise_for_status()
-    result: list[dict[str, Any]] = resp.json()["data"]["result"]
-    return result
-
-
 def query_prometheus_emissions(prometheus: str, run_id: str, timeout: float = 2.0) -> float | None:
     """The run's recorded emissions (run_id:carbonwatch_emissions_grams:total), or None if absent."""
     q = f'sum(run_id:carbonwatch_emissions_grams:total{{run_id="{validate_run_id(run_id)}"}})'
-    result = _prometheus_query(prometheus, q, timeout)
-    if not result:
-        return None
-    value = float(result[0]["value"][1])
-    return value if math.isfinite(value) else None
+    return Prometheus(prometheus, timeout=timeout, what="prometheus").scalar(q)
 
 
 def query_prometheus_energy(prometheus: str, run_id: str, timeout: float = 2.0) -> dict[str, float]:
     """The run's recorded energy per component (run_id_component:carbonwatch_energy_joules:total), J."""
     q = f'sum by (component) (run_id_component:carbonwatch_energy_joules:total{{run_id="{validate_run_id(run_id)}"}})'
     out: dict[str, float] = {}
-    for r in _prometheus_query(prometheus, q, timeout):
+    for r in Prometheus(prometheus, timeout=timeout, what="prometheus").query(q):
         value = float(r["value"][1])
         if math.isfinite(value):
             out[str(r["metric"].get("component", "other"))] = value

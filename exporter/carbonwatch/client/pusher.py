@@ -137,9 +137,8 @@ class RunCollector(Collector):
                 "Expected end of the run, Unix time in seconds.",
                 s.expected_end_time,
             )
-            yield from gauge(
-                "carbonwatch_run_epoch", "Training epochs started, counted from 1.", None if s.epoch is None else float(s.epoch)
-            )
+            yield from gauge("carbonwatch_run_epoch", "Training epochs started, counted from 1.",
+                             None if s.epoch is None else float(s.epoch))
             samples = CounterMetricFamily(
                 "carbonwatch_run_samples", "Training samples processed by the run.", labels=["run_id"]
             )

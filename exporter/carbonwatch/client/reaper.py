@@ -71,9 +71,9 @@ def _value(group: dict[str, Any], name: str) -> float | None:
 
 
 def expired(groups: Sequence[dict[str, Any]], retention: float, now: float, job: str = JOB) -> tuple[list[str], int]:
-    """The run ids of finished groups of `job` last pushed at least their retention before `now` (the run's
-    own `carbonwatch_run_retention_seconds` where it pushed one, else `retention`), and how many groups of
-    `job` are kept."""
+    """The run ids of finished groups of `job` last pushed at least their retention before `now`, and how many
+    groups of `job` are kept. `retention` is the gateway side's policy, the longest any group stays; a run
+    that pushed a shorter `carbonwatch_run_retention_seconds` of its own goes sooner."""
     out: list[str] = []
     kept = 0
     for g in groups:
@@ -87,7 +87,7 @@ def expired(groups: Sequence[dict[str, Any]], retention: float, now: float, job:
             continue
         last = max(end, pushed if pushed is not None else end)
         own = _value(g, RETENTION)
-        if now - last >= (own if own is not None and own >= 0 else retention):
+        if now - last >= (min(own, retention) if own is not None and own >= 0 else retention):
             out.append(str(labels["run_id"]))
         else:
             kept += 1

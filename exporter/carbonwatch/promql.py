@@ -1,0 +1,72 @@
+"""The one Prometheus HTTP API client: instant queries for the report, `carbonwatch job`, the run summary
+in node mode, the demo and the dashboards' panel check.
+
+Errors say what failed: an unreachable or non-Prometheus server is a NetworkError naming the URL; a query
+Prometheus rejects is a ConfigError naming the query (it came from our input).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import requests
+
+from carbonwatch.errors import ConfigError, NetworkError
+
+DEFAULT_URL = "http://127.0.0.1:9090"
+
+
+class Prometheus:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0, what: str = "--prometheus",
+                 session: requests.Session | None = None) -> None:
+        url = url if "://" in url else f"http://{url}"
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{what}: {url!r} is not an http(s) URL")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.what = what
+        self.session = session or requests.Session()
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The result of an instant query: a list of {"metric": {...}, "value": [t, "v"]} (vector) entries."""
+        data = {"query": expr}
+        if at is not None:
+            data["time"] = f"{at:.3f}"
+        try:
+            r = self.session.post(f"{self.url}/api/v1/query", data=data, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise NetworkError(f"{self.what}: cannot reach Prometheus at {self.url}: {reason(exc)}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            raise NetworkError(
+                f"{self.what}: {self.url} answered HTTP {r.status_code} without JSON; is it Prometheus?"
+            ) from None
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error", r.status_code) if isinstance(body, dict) else r.status_code
+            raise ConfigError(f"Prometheus at {self.url} rejected {expr!r}: {error}")
+        data_ = body.get("data") or {}
+        result = data_.get("result", [])
+        if data_.get("resultType") in ("scalar", "string"):
+            return [{"metric": {}, "value": result}]
+        return list(result)
+
+    def scalar(self, expr: str, at: float | None = None) -> float | None:
+        """The value of a one-series result; None when there is no series or the value is not finite."""
+        result = self.query(expr, at)
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return value if math.isfinite(value) else None
+
+    def by_label(self, expr: str, label: str, at: float | None = None) -> dict[str, float]:
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr, at)}
+
+
+def reason(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused or host unreachable (is the stack up? `carbonwatch stack status`)"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return type(exc).__name__
