@@ -169,6 +169,16 @@ class RaplDeltas:
             return None
         return max(cumulative - prev, 0.0)
 
+    def forget(self, component: str) -> None:
+        """Drop the baselines of `component`'s zones ("cpu" or "memory"): their next reading starts afresh."""
+        self._prev = {k: v for k, v in self._prev.items() if k != component and not k.startswith(component + ":")}
+
+
+def _resuming(deltas: list[float | None], iv: Interval) -> bool:
+    """A RAPL zone without a baseline after the first sample: it was unreadable and the model (source auto) counted
+    the gap (see RaplDeltas.forget); the model counts this interval too, and RAPL the ones after it."""
+    return iv.dt is not None and None in deltas
+
 
 def cpu_seconds_in_interval(iv: Interval) -> dict[ProcKey, float]:
     """CPU seconds in this interval, for the processes where that is known exactly: read in the previous
@@ -219,14 +229,16 @@ class CpuMeter:
     def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
                 status: dict[str, CollectorStatus]) -> float | None:
         if reading is not None and reading.packages and self.cfg.cpu.source != "model":
-            self.source = SOURCE_RAPL
-            total: float | None = 0.0
-            for pkg in reading.packages:
-                de = self.rapl.delta(f"cpu:{pkg.key}", pkg.energy_joules, iv.dt)
-                out.devices.append(DeviceDelta("cpu", pkg.key, SOURCE_RAPL, de, None))
-                total = None if (de is None or total is None) else total + de
-            status["cpu"] = CollectorStatus(True, status.get("rapl", CollectorStatus(True, 0.0)).duration_seconds)
-            return total
+            deltas = [(p.key, self.rapl.delta(f"cpu:{p.key}", p.energy_joules, iv.dt)) for p in reading.packages]
+            if not (_resuming([d for _, d in deltas], iv) and self.cfg.cpu.source == "auto" and self.model is not None):
+                self.source = SOURCE_RAPL
+                total: float | None = 0.0
+                for key, de in deltas:
+                    out.devices.append(DeviceDelta("cpu", key, SOURCE_RAPL, de, None))
+                    total = None if (de is None or total is None) else total + de
+                status["cpu"] = CollectorStatus(True, status.get("rapl", CollectorStatus(True, 0.0)).duration_seconds)
+                return total
+            # RAPL readable again after a gap the model filled: this interval only set RAPL's baselines
         if self.cfg.cpu.source == "rapl":
             status["cpu"] = CollectorStatus(False, 0.0, "cpu.source is rapl but RAPL could not be read")
             return None
@@ -277,11 +289,13 @@ class MemoryMeter:
                 status: dict[str, CollectorStatus]) -> float | None:
         dram = reading.dram if reading is not None else None
         if dram is not None and dram.energy_joules is not None and self.cfg.memory.source != "model":
-            self.source = SOURCE_RAPL
-            de = self.rapl.delta("memory", dram.energy_joules, iv.dt)
-            out.devices.append(DeviceDelta("memory", "", SOURCE_RAPL, de, None))
-            status["memory"] = CollectorStatus(True, 0.0)
-            return de
+            rapl_de = self.rapl.delta("memory", dram.energy_joules, iv.dt)
+            if not (_resuming([rapl_de], iv) and self.cfg.memory.source == "auto" and self.model is not None):
+                self.source = SOURCE_RAPL
+                out.devices.append(DeviceDelta("memory", "", SOURCE_RAPL, rapl_de, None))
+                status["memory"] = CollectorStatus(True, 0.0)
+                return rapl_de
+            # RAPL readable again after a gap the model filled: this interval only set RAPL's baseline
         if self.cfg.memory.source == "rapl":
             status["memory"] = CollectorStatus(False, 0.0, "memory.source is rapl but RAPL has no dram zone")
             return None
