@@ -50,7 +50,8 @@ class FakeProc:
         ut = int(round(float(p["cpu"]) * TCK))  # type: ignore[arg-type]
         st = int(round(float(p["start"]) * TCK))  # type: ignore[arg-type]
         rss = int(p["rss"]) // PAGE  # type: ignore[call-overload]
-        fields = ["S", str(p["ppid"]), "0", "0", "0", "-1", "0", "0", "0", "0", "0", str(ut), "0", "0", "0",
+        ct = int(round(float(p.get("ccpu", 0.0)) * TCK))  # type: ignore[arg-type]
+        fields = ["S", str(p["ppid"]), "0", "0", "0", "-1", "0", "0", "0", "0", "0", str(ut), "0", str(ct), "0",
                   "20", "0", "1", "0", str(st), "0", str(rss)]
         (self.root / str(pid) / "stat").write_text(f"{pid} ({p['comm']}) " + " ".join(fields) + "\n")
 
@@ -64,9 +65,22 @@ class FakeProc:
         self.idle += self.ncpu * seconds - used
         self._write_stat()
 
-    def kill(self, pid: int) -> None:
+    def kill(self, pid: int, reaped: bool = False) -> None:
+        """The process ends; `reaped`: its parent waits for it, so the kernel adds its CPU time (and its own
+        children's) to the parent's cutime."""
         import shutil
 
         shutil.rmtree(self.root / str(pid))
-        ppid = int(self.procs.pop(pid)["ppid"])  # type: ignore[call-overload]
+        gone = self.procs.pop(pid)
+        ppid = int(gone["ppid"])  # type: ignore[call-overload]
+        if reaped and ppid in self.procs:
+            parent = self.procs[ppid]
+            parent["ccpu"] = float(parent.get("ccpu", 0.0)) + float(gone["cpu"]) + float(gone.get("ccpu", 0.0))  # type: ignore[arg-type]
+            self._write_proc(ppid)
         self._write_children(ppid)
+
+    def reaped_child(self, ppid: int, cpu: float) -> None:
+        """A child of `ppid` started, used `cpu` CPU-seconds and ended, all between two samples (never listed)."""
+        parent = self.procs[ppid]
+        parent["ccpu"] = float(parent.get("ccpu", 0.0)) + cpu  # type: ignore[arg-type]
+        self._write_proc(ppid)

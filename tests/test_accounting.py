@@ -214,3 +214,29 @@ def test_labels_the_run_client_set_in_the_environment_reach_the_run(tmp_path):
     snap = s.sample_once()
     run = snap.runs[0]
     assert run.labels == {"user": "alice", "model": "resnet"} and run.origin == "env"
+
+
+def test_children_that_end_between_samples_are_counted_to_their_parents_run(tmp_path):
+    grid = Grid(100.0)
+    rapl = FakeRapl(1)
+    proc, clock, s = make(tmp_path, grid, rapl=rapl)
+    proc.spawn(100, comm="train", run_id="r1")
+    proc.spawn(101, ppid=100, comm="worker", start=1.0)
+    s.sample_once()
+    clock.t += 1.0
+    proc.run(1.0, {100: 1.0, 101: 1.0})
+    rapl.pkg = [40.0]
+    s.sample_once()  # 20 J to the run: 2 of 4 CPU-seconds
+    # next interval: the worker (seen, 1 CPU-s so far) uses 0.5 s more and ends, waited for by its parent; a
+    # short shell command the parent ran also used 1 s and ended, never listed; the parent itself used 1 s
+    clock.t += 1.0
+    proc.run(1.0, {100: 1.0, 101: 0.5})
+    proc.kill(101, reaped=True)
+    proc.reaped_child(100, 1.0)
+    proc.run(0.0, {})
+    rapl.pkg = [80.0]  # 40 J over 4 CPU-seconds, of which 2.5 were the run's
+    snap = s.sample_once()
+    run = {r.run_id: r for r in snap.runs}["r1"]
+    assert run.energy_joules["cpu"] == pytest.approx(20.0 + 40.0 * 2.5 / 4.0)
+    other = [p for p in snap.processes if p.pid == -1][0]
+    assert other.power_watts["cpu"] == pytest.approx(0.0)  # nothing of the run's left to pid="other"

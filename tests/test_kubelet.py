@@ -17,7 +17,7 @@ from carbonwatch.kubelet import (
     kubelet_settings,
     parse_pod_list,
 )
-from carbonwatch.registration import RUN_ID_RE
+from carbonwatch.runid import RUN_ID_RE
 from tests.fleetfakes import FakeKubelet, pod, pod_list
 
 U1, U2 = "11111111-2222-4333-8444-555555555555", "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"

@@ -13,10 +13,11 @@ from carbonwatch.sources.procs import ProcScanner, parse_stat, run_id_from_envir
 def test_parse_stat_handles_spaces_and_parens_in_comm():
     raw = (b"4242 (my (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 12345 "
            b"1000000 256 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0")
-    ppid, comm, cpu, rss, start = parse_stat(4242, raw)
+    ppid, comm, cpu, rss, start, children = parse_stat(4242, raw)
     tck = os.sysconf("SC_CLK_TCK")
     assert ppid == 1 and comm == "my (weird) name"
     assert cpu == pytest.approx(300 / tck)
+    assert children == 0.0
     assert start == pytest.approx(12345 / tck)
     assert rss == 256 * os.sysconf("SC_PAGE_SIZE")
 

@@ -38,7 +38,8 @@ from carbonwatch.cgroups import CgroupInfo, parse_cgroup
 from carbonwatch.config import ExporterConfig, KubernetesConfig
 from carbonwatch.kubelet import KubeletClient, PodCache, PodCacheStats, PodInfo, k8s_run_id, kubelet_settings
 from carbonwatch.model import ProcessReading
-from carbonwatch.registration import RUN_ID_RE, Registration
+from carbonwatch.registration import Registration
+from carbonwatch.runid import RUN_ID_RE
 
 log = logging.getLogger("carbonwatch.identity")
 

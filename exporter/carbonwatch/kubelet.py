@@ -25,7 +25,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from carbonwatch.config import KubernetesConfig
 from carbonwatch.errors import ConfigError
-from carbonwatch.registration import RUN_ID_RE
+from carbonwatch.runid import RUN_ID_RE
 
 log = logging.getLogger("carbonwatch.kubelet")
 

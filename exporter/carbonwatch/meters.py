@@ -10,7 +10,7 @@ parts + other + unattributed == the devices' energy, per component and sample, b
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,7 +75,8 @@ class Interval:
     dt: float | None
     full: bool  # a full /proc scan: every process was read
     procs: dict[ProcKey, ProcessReading]
-    prev_cpu: Mapping[ProcKey, float]  # CPU seconds of the processes read at the previous sample
+    prev: Mapping[ProcKey, ProcessReading]  # the processes read at the previous sample
+    gone: Collection[ProcKey]  # of those, the ones that ended since (no longer listed)
     reg_cpu: Mapping[ProcKey, float]  # CPU seconds of registered processes when they registered
     cpu_times: CpuTimes | None
     prev_cpu_times: CpuTimes | None
@@ -183,16 +184,27 @@ def _resuming(deltas: list[float | None], iv: Interval) -> bool:
 def cpu_seconds_in_interval(iv: Interval) -> dict[ProcKey, float]:
     """CPU seconds in this interval, for the processes where that is known exactly: read in the previous
     sample too, started after it (all their CPU time is in this interval), or registered by the run
-    client since (their CPU time since the registration)."""
+    client since (their CPU time since the registration).
+
+    A process also gets the CPU time of its children that ended in the interval and that it waited for
+    (the kernel adds it to its cutime + cstime), less what was already counted for those children
+    individually: a DataLoader worker or a shell command that starts and ends between two samples is never
+    listed, yet its CPU time goes to its parent, and so to the parent's run, not to pid="other"."""
+    counted_for_gone: dict[int, float] = {}  # ppid -> CPU already counted for its children that ended
+    for k in iv.gone:
+        g = iv.prev.get(k)
+        if g is not None:
+            counted_for_gone[g.ppid] = counted_for_gone.get(g.ppid, 0.0) + g.cpu_seconds + g.children_cpu_seconds
     out: dict[ProcKey, float] = {}
     for k, p in iv.procs.items():
         if p.start_time < 0:
             continue
-        prev = iv.prev_cpu.get(k)
+        prev = iv.prev.get(k)
         if prev is not None:
-            out[k] = p.cpu_seconds - prev
+            reaped = p.children_cpu_seconds - prev.children_cpu_seconds - counted_for_gone.get(p.pid, 0.0)
+            out[k] = p.cpu_seconds - prev.cpu_seconds + max(0.0, reaped)
         elif iv.boot_prev is not None and p.start_time >= iv.boot_prev - 0.01:
-            out[k] = p.cpu_seconds
+            out[k] = p.cpu_seconds + p.children_cpu_seconds
         elif k in iv.reg_cpu:
             out[k] = max(0.0, p.cpu_seconds - iv.reg_cpu[k])
     return out

@@ -85,6 +85,7 @@ class ProcessReading:
     # Selected variables of its environment (CARBONWATCH_*, SLURM_*), read once per process; empty if unreadable.
     environ: tuple[tuple[str, str], ...] = ()
     cgroup: str = ""  # /proc/PID/cgroup as read once per process ("" if unreadable)
+    children_cpu_seconds: float = 0.0  # cutime + cstime: CPU time of the children it has waited for
 
 
 @dataclass

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from carbonwatch.config import DEFAULT_SPOOL_DIR
 from carbonwatch.errors import ConfigError
+from carbonwatch.runid import RUN_ID_RE, validate_run_id
+from carbonwatch.sources.procs import Stat, parse_stat
 
-# run_id is part of the Pushgateway URL (grouping key) and of file names: a conservative alphabet.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
+__all__ = ["RUN_ID_RE", "Registration", "RegistrationReader", "register", "unregister", "validate_run_id"]
+
 MAX_FILE_BYTES = 4096
 HEARTBEAT = "exporter.alive"  # touched by the node exporter every few seconds while it measures this node
 
@@ -35,23 +36,12 @@ def spool_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("CARBONWATCH_SPOOL_DIR") or DEFAULT_SPOOL_DIR)
 
 
-def validate_run_id(run_id: object, what: str = "run_id") -> str:
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
-        raise ConfigError(
-            f"{what}: {run_id!r} is not a valid run id "
-            "(1-128 characters: letters, digits and _ . : @ + -, starting with a letter or digit)"
-        )
-    return run_id
-
-
 def process_start_time(pid: int, proc_root: str = "/proc") -> float | None:
     stat = _process_stat(pid, proc_root)
     return stat[4] if stat is not None else None
 
 
-def _process_stat(pid: int, proc_root: str) -> tuple[int, str, float, int, float] | None:
-    from carbonwatch.sources.procs import parse_stat
-
+def _process_stat(pid: int, proc_root: str) -> Stat | None:
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
             return parse_stat(pid, f.read())

@@ -237,8 +237,10 @@ class Sampler:
         procs, cpu_times, identities = self._read_procs(status, pids, regs)
         self._listed = listed if listed is not None else {k[0] for k in procs}
         boot_now = self.boot_clock()
-        iv = Interval(dt, full, procs, {k: a.reading.cpu_seconds for k, a in self._procs.items()}, self._reg_cpu,
-                      cpu_times, self._cpu_times, self._boot_prev, self._folded_rss, self._memory_total())
+        prev = {k: a.reading for k, a in self._procs.items()}
+        gone = [k for k in prev if k not in procs and k[0] not in self._listed]
+        iv = Interval(dt, full, procs, prev, gone, self._reg_cpu, cpu_times, self._cpu_times, self._boot_prev,
+                      self._folded_rss, self._memory_total())
 
         measured: dict[str, Measured] = {"gpu": self.gpu_meter.measure(gpus, iv)}
         for key in measured["gpu"].unknown:  # on a GPU but not in our /proc (another pid namespace)

@@ -253,8 +253,8 @@ def test_process_churn_neither_crashes_nor_leaks_nor_breaks_the_sums(tmp_path):
         print(f"churn: {born} processes in {spent:.1f} s = {born / spent:.0f}/s; {scrapes} scrapes; "
               f"exporter RSS {rss_10} KiB at 10 s, {rss_30} KiB at 30 s; exporter CPU "
               f"{(cpu_30 - cpu_10) / (t_30 - t_10):.1%} of a core; the run's CPU time: spawner {own:.1f} s, its "
-              f"20 ms children {kids:.1f} s ({kids / (own + kids):.0%}, counted in pid=\"other\" when they end "
-              f"between two samples)")
+              f"20 ms children {kids:.1f} s ({kids / (own + kids):.0%}, counted to the run through the spawner's "
+              f"cutime once reaped)")
         assert rss_30 <= rss_10 * 1.10 + 4096, (rss_10, rss_30)
         assert "Traceback" not in exp.log(), exp.log()[-3000:]
     finally:

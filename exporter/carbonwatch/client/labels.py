@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.registration import RUN_ID_RE
-from carbonwatch.registration import validate_run_id as _validate_run_id
+from carbonwatch.runid import RUN_ID_RE
+from carbonwatch.runid import validate_run_id as _validate_run_id
 
 __all__ = ["RUN_ID_RE", "shown", "validate_label", "validate_metric_name", "validate_run_id"]
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from carbonwatch.model import CpuTimes, ProcessReading, SourceError
-from carbonwatch.registration import RUN_ID_RE
+from carbonwatch.runid import RUN_ID_RE
 
 RUN_ENV = b"CARBONWATCH_RUN_ID="
 ENV_PREFIXES = (b"CARBONWATCH_", b"SLURM_")  # the variables kept in ProcessReading.environ
@@ -32,8 +33,17 @@ def _read(path: str, limit: int = 65536) -> bytes:
         os.close(fd)
 
 
-def parse_stat(pid: int, raw: bytes) -> tuple[int, str, float, int, float]:
-    """(ppid, comm, cpu_seconds, rss_bytes, start_seconds_since_boot) from /proc/PID/stat."""
+class Stat(NamedTuple):
+    ppid: int
+    comm: str
+    cpu_seconds: float  # utime + stime
+    rss_bytes: int
+    start_time: float  # seconds since boot
+    children_cpu_seconds: float  # cutime + cstime: CPU time of the children it has waited for
+
+
+def parse_stat(pid: int, raw: bytes) -> Stat:
+    """What we use of /proc/PID/stat."""
     lpar = raw.index(b"(")
     rpar = raw.rindex(b")")  # comm may itself contain ')' and spaces
     comm = raw[lpar + 1 : rpar].decode("utf-8", "replace")
@@ -41,9 +51,10 @@ def parse_stat(pid: int, raw: bytes) -> tuple[int, str, float, int, float]:
     # rest[0] is field 3 (state); field N is rest[N - 3]
     ppid = int(rest[1])
     cpu = (int(rest[11]) + int(rest[12])) / _TICKS  # utime (14) + stime (15)
+    children = (int(rest[13]) + int(rest[14])) / _TICKS  # cutime (16) + cstime (17)
     start = int(rest[19]) / _TICKS  # starttime (22)
     rss = int(rest[21]) * _PAGE  # rss (24), pages
-    return ppid, comm, cpu, rss, start
+    return Stat(ppid, comm, cpu, rss, start, children)
 
 
 def run_id_from_environ(raw: bytes) -> str | None:
@@ -145,7 +156,7 @@ class ProcScanner:
                 continue
             pid = int(name)
             try:
-                ppid, comm, cpu, rss, start = parse_stat(pid, _read(f"{base}/{name}/stat", 4096))
+                ppid, comm, cpu, rss, start, children = parse_stat(pid, _read(f"{base}/{name}/stat", 4096))
             except (OSError, ValueError, IndexError):
                 continue  # vanished mid-read, or a kernel oddity: skip this process this time
             key = (pid, start)
@@ -168,7 +179,7 @@ class ProcScanner:
                     cgroup = ""
                 cached = self._env_cache[key] = (run_id, environ, cgroup)
             run_id, environ, cgroup = cached
-            out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id, environ, cgroup))
+            out.append(ProcessReading(pid, ppid, comm, cpu, rss, start, run_id, environ, cgroup, children))
         if full and len(self._env_cache) > len(seen):
             self._env_cache = {k: v for k, v in self._env_cache.items() if k in seen}
             self._denied &= seen
