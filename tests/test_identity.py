@@ -12,7 +12,7 @@ import pytest
 import carbonwatch.sampler as sampler_mod
 import tests.test_sampler as sampler_tests
 from carbonwatch.config import ExporterConfig
-from carbonwatch.identity import ContainerRef, ProcessIdentity, RunIdentity, build_resolver, run_infos
+from carbonwatch.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
 from carbonwatch.registration import Registration
 from carbonwatch.sources.procs import ProcScanner
 from tests.fleetfakes import FakeKubelet, FleetProc, k8s_path, pod, v1, v2
@@ -420,3 +420,13 @@ def test_scanner_reads_environment_and_cgroup_once_per_process_and_lists_pids(tm
     proc.spawn_in(100, env={"SLURM_JOB_ID": "3"}, cgroup=v2("/c"), start=9.0)  # the pid reused
     (p,) = scanner.read()
     assert p.cgroup == "0::/c\n" and dict(p.environ) == {"SLURM_JOB_ID": "3"}
+
+
+def test_an_invalid_run_id_in_the_environment_is_refused_and_counted(tmp_path):
+    from carbonwatch.model import ProcessReading
+
+    resolver = Resolver(proc_root=str(tmp_path))
+    bad = ProcessReading(42, 1, "train", 0.0, 0, 5.0, None, (("CARBONWATCH_RUN_ID", 'run "1"\nx'),))
+    out = resolver.assign([bad], [])
+    assert 42 not in out or out[42].run is None
+    assert resolver.stats().label_rejections == {("environment", "run_id", "not_a_run_id"): 1}

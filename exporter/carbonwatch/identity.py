@@ -281,6 +281,8 @@ class Resolver:
         env = dict(p.environ)
         where = f"process {p.pid} ({p.comm[:32]})"
         env_labels = self.cleaner.labels("environment", where, {k: env[v] for k, v in ENV_LABELS.items() if v in env})
+        if p.run_id is None and env.get("CARBONWATCH_RUN_ID"):  # set, but not a run id: refused, counted, logged
+            self.cleaner.run_id("environment", where, env["CARBONWATCH_RUN_ID"])
         cg = parse_cgroup(p.cgroup)
         job, uid, raw = "", None, {}
         if self.slurm_cluster is not None:
