@@ -20,7 +20,8 @@ class Spec:
         return self.name + "_total" if self.type == "counter" else self.name
 
 
-SOURCES = "`nvml_counter` (GPU energy counter), `nvml_power` (GPU power integrated by the exporter), `rapl`, `model`"
+SOURCES = ("`nvml_counter` (GPU total-energy counter), `nvml_power_average` / `nvml_power_instant` (GPU averaged or "
+           "instant power integrated by the exporter), `rapl`, `model`")
 
 SPECS: tuple[Spec, ...] = (
     Spec("carbonwatch_node_info", "gauge",
@@ -32,7 +33,8 @@ SPECS: tuple[Spec, ...] = (
          "GPU power draw (NVML averaged power field, else instant power).", "NVML field values"),
     Spec("carbonwatch_gpu_energy_joules", "counter", ("gpu", "uuid", "source"),
          "GPU energy measured by the exporter; durable across restarts (`storage.path`).",
-         "`nvml_counter`: total-energy counter (Volta+); `nvml_power`: sampled power integrated (trapezoid)"),
+         "`nvml_counter`: total-energy counter (Volta+); `nvml_power_average` / `nvml_power_instant`: the averaged "
+         "or instant power field integrated (trapezoid) where there is no counter"),
     Spec("carbonwatch_gpu_utilization_ratio", "gauge", ("gpu", "uuid"),
          "GPU utilisation (fraction of time a kernel ran), 0..1.", "NVML utilization rates"),
     Spec("carbonwatch_cpu_power_watts", "gauge", ("package", "source"),
