@@ -16,3 +16,4 @@ def no_stack_settings_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         mp.setenv("CARBONWATCH_STACK", "none")
         mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
         yield
+

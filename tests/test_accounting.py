@@ -240,3 +240,52 @@ def test_children_that_end_between_samples_are_counted_to_their_parents_run(tmp_
     assert run.energy_joules["cpu"] == pytest.approx(20.0 + 40.0 * 2.5 / 4.0)
     other = [p for p in snap.processes if p.pid == -1][0]
     assert other.power_watts["cpu"] == pytest.approx(0.0)  # nothing of the run's left to pid="other"
+
+
+def test_a_registered_run_is_counted_exactly_up_to_its_end_then_the_process_leaves_it(tmp_path):
+    grid = Grid(100.0)
+    rapl = FakeRapl(1)
+    proc, clock, s = make(tmp_path, grid, rapl=rapl, scan_interval=100.0)
+    proc.spawn(500, comm="python", start=1.0, cpu=5.0)
+    s.sample_once()
+    s.static_registrations = [Registration("api", 500, 1.0, cpu_seconds=5.0)]
+    clock.t += 1.0
+    proc.run(1.0, {500: 1.0})
+    rapl.pkg = [40.0]
+    s.sample_once()  # 1 CPU-s of 4: 10 J
+    # the run ends at 6.4 CPU-seconds (0.4 s into the next interval); the script goes on to 7.0
+    s.static_registrations = [Registration("api", 500, 1.0, cpu_seconds=5.0, end_cpu_seconds=6.4)]
+    clock.t += 1.0
+    proc.run(1.0, {500: 1.0})
+    rapl.pkg = [80.0]
+    snap = s.sample_once()
+    run = {r.run_id: r for r in snap.runs}["api"]
+    assert run.energy_joules["cpu"] == pytest.approx(10.0 + 40.0 * 0.4 / 4.0)
+    clock.t += 1.0
+    proc.run(1.0, {500: 1.0})
+    rapl.pkg = [120.0]
+    snap = s.sample_once()  # after its end the process no longer counts to the run
+    run = {r.run_id: r for r in snap.runs}["api"]
+    assert run.energy_joules["cpu"] == pytest.approx(14.0) and run.live_processes == 0
+
+
+def test_a_run_that_ends_and_exits_between_two_samples_keeps_its_last_interval(tmp_path):
+    grid = Grid(100.0)
+    rapl = FakeRapl(1)
+    proc, clock, s = make(tmp_path, grid, rapl=rapl, scan_interval=100.0)
+    proc.spawn(500, comm="python", start=1.0, cpu=5.0)
+    s.static_registrations = [Registration("api", 500, 1.0, cpu_seconds=5.0)]
+    s.sample_once()
+    clock.t += 1.0
+    proc.run(1.0, {500: 1.0})
+    rapl.pkg = [40.0]
+    s.sample_once()  # 6.0 CPU-s, 10 J
+    proc.run(0.5, {500: 1.0})
+    proc.kill(500)  # ended at 6.5 CPU-s and exited before the next sample
+    s.static_registrations = [Registration("api", 500, 1.0, cpu_seconds=5.0, end_cpu_seconds=6.5)]
+    clock.t += 1.0
+    proc.run(0.5, {})
+    rapl.pkg = [80.0]
+    snap = s.sample_once()
+    run = {r.run_id: r for r in snap.runs}["api"]
+    assert run.energy_joules["cpu"] == pytest.approx(10.0 + 40.0 * 0.5 / 4.0)

@@ -26,16 +26,13 @@ from carbonwatch.client.pusher import Pusher, RunLabels, RunProgress
 from carbonwatch.client.settings import resolve
 from carbonwatch.errors import ConfigError
 from carbonwatch.stackconfig import SecureFiles, write_secure_files
+from tests.support import free_port
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
 needs_pushgateway = pytest.mark.skipif(PUSHGATEWAY is None, reason="prometheus-pushgateway not installed")
 SECRET = "Tr0ub4dor&3-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------ settings

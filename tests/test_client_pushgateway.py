@@ -23,6 +23,7 @@ from carbonwatch.client.api import Run
 from carbonwatch.client.node import HEARTBEAT_FILE, exporter_alive
 from carbonwatch.client.summary import NODE_EXPORTER, format_summary
 from carbonwatch.errors import ConfigError
+from tests.support import free_port
 
 BINARY = shutil.which("prometheus-pushgateway")
 pytestmark = [
@@ -31,10 +32,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Gateway:

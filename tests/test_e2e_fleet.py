@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from carbonwatch import cli
 from carbonwatch.stackconfig import render_prometheus_config, render_rules
 from tests.exporter_proc import start_exporter
 from tests.fleetfakes import FakeKubelet, k8s_path, pod, v1, v2
+from tests.support import eventually, free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,21 +42,8 @@ SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_USER": "alice", "SLURM_JOB_ACCOU
              "SLURM_JOB_NAME": "train-gpt", "SLURM_CLUSTER_NAME": "hpc1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 class MirrorProc:

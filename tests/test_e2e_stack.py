@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 import requests
 
 from carbonwatch import dashboards
+from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -56,17 +56,6 @@ EXPECTED_EMPTY |= {
 }
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Webhook:

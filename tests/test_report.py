@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from carbonwatch.equivalents import FACTORS
 from carbonwatch.errors import ConfigError, NetworkError
 from carbonwatch.promql import Prometheus
 from carbonwatch.report import collect, fmt_duration, fmt_energy, fmt_grams, render_table
+from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="prometheus/promtool not installed"
@@ -28,10 +28,6 @@ AT = BASE + 600  # the query time of the tests that pass one
 STEP = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def openmetrics() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from carbonwatch.errors import ConfigError
 from carbonwatch.job import JobRow, fmt_elapsed, parse_fields, parse_job_ids, render
 from carbonwatch.slurm import cluster_name, job_of, raw_labels, run_id
 from tests.fleetfakes import v1, v2
+from tests.support import free_port
 
 # -- jobs and clusters ----------------------------------------------------------------------------------------
 
@@ -134,10 +134,6 @@ def openmetrics() -> str:
     return "\n".join(lines) + "\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

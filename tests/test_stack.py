@@ -24,6 +24,7 @@ from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.stack import StackState, remove_settings, render_alertmanager_config, write_settings
 from carbonwatch.stackconfig import SecureFiles, rule_files
+from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_BINARIES = all(
@@ -43,17 +44,6 @@ def own_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

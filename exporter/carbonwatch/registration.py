@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,16 +79,43 @@ def unregister(path: Path) -> None:
         pass
 
 
+def end(path: Path, pid: int | None = None) -> None:
+    """The run ends now for the registered process: record its CPU time in the registration, so the exporter
+    counts the run up to this point exactly (also when the process exits before its next sample) and the
+    process's later CPU time no longer goes to the run. The exporter removes the file once it has counted it
+    (or, without the right to, ignores it once the process is gone); a file nobody removes is harmless."""
+    pid = os.getpid() if pid is None else pid
+    stat = _process_stat(pid, "/proc")
+    if stat is None:
+        unregister(path)
+        return
+    try:
+        with open(path, "rb") as f:
+            body = json.loads(f.read(MAX_FILE_BYTES))
+    except (OSError, ValueError):
+        return
+    body["end_cpu_seconds"] = stat.cpu_seconds + stat.children_cpu_seconds
+    fd, tmp = tempfile.mkstemp(prefix=".reg-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class Registration:
     run_id: str
     pid: int
     start_time: float | None
     cpu_seconds: float | None = None  # the process's CPU time when it registered: the run counts from there
+    # its CPU time (own + waited-for children) when the run ended: the run counts up to there, then it leaves
+    end_cpu_seconds: float | None = None
 
 
 class RegistrationReader:
     """Reads and validates the spool directory (the exporter side)."""
+
+    ended_grace = 60.0  # seconds an ended registration of an exited process is offered to the sampler
 
     def __init__(self, spool: str, proc_root: str = "/proc", max_registrations: int = 1024) -> None:
         self.dir = spool
@@ -129,7 +157,7 @@ class RegistrationReader:
         if not isinstance(data, dict):
             return None, "not a JSON object"
         run_id, pid, start = data.get("run_id"), data.get("pid"), data.get("start_time")
-        cpu = data.get("cpu_seconds")
+        cpu, end_cpu = data.get("cpu_seconds"), data.get("end_cpu_seconds")
         try:
             validate_run_id(run_id)
         except ConfigError as exc:
@@ -138,11 +166,16 @@ class RegistrationReader:
             return None, f"pid: {pid!r} is not a positive integer"
         if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float))):
             return None, f"start_time: {start!r} is not a number"
-        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0):
-            return None, f"cpu_seconds: {cpu!r} is not a number >= 0"
+        for key, v in (("cpu_seconds", cpu), ("end_cpu_seconds", end_cpu)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                return None, f"{key}: {v!r} is not a number >= 0"
         try:
             proc_uid = os.stat(f"{self.proc_root}/{pid}").st_uid
         except OSError:
+            if end_cpu is not None and start is not None and time.time() - st.st_mtime < self.ended_grace:
+                # ended and exited since: its last CPU time is still to count, once, by the sampler
+                assert isinstance(run_id, str)
+                return Registration(run_id, pid, float(start), _num(cpu), float(end_cpu)), ""
             self._remove_stale(entry.path)
             return None, ""  # process gone: the run ended
         if st.st_uid not in (0, proc_uid):
@@ -152,7 +185,11 @@ class RegistrationReader:
             self._remove_stale(entry.path)
             return None, ""  # pid reused by another process
         assert isinstance(run_id, str)
-        return Registration(run_id, pid, actual, float(cpu) if cpu is not None else None), ""
+        return Registration(run_id, pid, actual, _num(cpu), _num(end_cpu)), ""
+
+    def consumed(self, reg: Registration) -> None:
+        """The sampler counted an ended registration: remove its file (where we may)."""
+        self._remove_stale(os.path.join(self.dir, f"{reg.run_id}.{reg.pid}.json"))
 
     @staticmethod
     def _remove_stale(path: str) -> None:
@@ -160,3 +197,7 @@ class RegistrationReader:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

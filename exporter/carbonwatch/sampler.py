@@ -63,6 +63,8 @@ T = TypeVar("T")
 class RegistrationSource(Protocol):
     def read(self) -> list[Registration]: ...
 
+    def consumed(self, reg: Registration) -> None: ...
+
 
 @dataclass
 class Sources:
@@ -207,6 +209,8 @@ class Sampler:
         self._cpu_times: CpuTimes | None = None
         self._procs: dict[ProcKey, _Proc] = {}
         self._reg_cpu: dict[ProcKey, float] = {}  # CPU seconds of a registered process when it registered
+        self._ended: dict[ProcKey, float] = {}  # processes whose registered run ended (counted up to the end) -> when
+        self._leaving: set[ProcKey] = set()  # of those, the ones that leave their run after this sample
         self.mem_total = 0
         self._components: set[str] = set()  # components this node has reported energy for
         self.devices_found: dict[str, int] = {}  # collector -> devices read at the last sample
@@ -342,7 +346,30 @@ class Sampler:
         regs: list[Registration] = list(self.static_registrations)
         if self.s.registrations is not None and self.cfg.collectors.get("process", True):
             regs += self.s.registrations.read()
-        return regs
+        # a run that ended is counted once, up to its end; afterwards its registration no longer names the run
+        return [r for r in regs if not (r.end_cpu_seconds is not None and (r.pid, r.start_time) in self._ended)]
+
+    def _end_runs(self, regs: list[Registration], out: dict[ProcKey, ProcessReading]) -> None:
+        """Registrations whose run ended (carbonwatch.registration.end): the process is counted up to the CPU
+        time it had at the end, whether it still runs or exited since, and then leaves the run."""
+        for r in regs:
+            if r.end_cpu_seconds is None or r.start_time is None:
+                continue
+            key = (r.pid, r.start_time)
+            prev = self._procs.get(key)
+            base = prev.reading if prev is not None else out.get(key)
+            if base is None:
+                if r.cpu_seconds is None:
+                    continue  # neither seen nor a baseline: nothing to count exactly
+                base = ProcessReading(r.pid, 0, "unknown", r.cpu_seconds, 0, r.start_time, r.run_id)
+                self._reg_cpu[key] = r.cpu_seconds
+            # own + children CPU at the end, with the children's part as last seen
+            out[key] = dataclasses.replace(base, cpu_seconds=max(base.cpu_seconds, r.end_cpu_seconds
+                                                                 - base.children_cpu_seconds), run_id=r.run_id)
+            self._ended[key] = self.clock()
+            self._leaving.add(key)
+            if self.s.registrations is not None:
+                self.s.registrations.consumed(r)
 
     def _tracked_pids(self) -> set[int]:
         """Processes read between full scans: those of runs, the top N, and registered roots."""
@@ -397,9 +424,12 @@ class Sampler:
         for p in readings:
             ident = identities.get(p.pid)
             rid = ident.run.run_id if ident is not None and ident.run is not None else None
+            if (p.pid, p.start_time) in self._ended:
+                rid = None  # it left its run when the run ended
             if rid != p.run_id:
                 p = dataclasses.replace(p, run_id=rid)
             out[(p.pid, p.start_time)] = p
+        self._end_runs(regs, out)
         return out, cpu_times, identities
 
     def _read_gpus(self, status: dict[str, CollectorStatus]) -> list[GpuReading]:
@@ -477,6 +507,13 @@ class Sampler:
                 run.last_seen = now
                 for comp, w in acc.power.items():
                     run.power_watts[comp] += w
+        for key in self._leaving:  # counted up to the run's end in this sample; from now on outside it
+            if key in fresh:
+                fresh[key].run_id = ""
+        self._leaving = set()
+        # remembered while the process lives and while the reader may still offer its registration file
+        grace = 2 * RegistrationReader.ended_grace
+        self._ended = {k: t for k, t in self._ended.items() if k in fresh or now - t < grace}
         counters.expire(now, self.cfg.process.run_linger)
 
     def _build(

@@ -196,6 +196,12 @@ class Run:
         s = self.settings
         try:
             node = not self.wrapped and exporter_alive()
+            if self.register:  # first: the node exporter counts the run from here, the client's own start-up included
+                # Subprocesses started from here on (data loader workers, launchers) carry the run id.
+                self._old_env = os.environ.get("CARBONWATCH_RUN_ID")
+                os.environ["CARBONWATCH_RUN_ID"] = self.run_id
+                if s.pushgateway or node:
+                    self._register()
             if s.pushgateway:
                 parts = PROGRESS_ONLY if self.wrapped else (OWNER_ONLY if self.wrapper else BOTH)
                 self.pusher = Pusher(
@@ -207,12 +213,6 @@ class Run:
                 self.pusher.start()
                 if not self.wrapped:
                     threading.Thread(target=self._sweep, name="carbonwatch-sweep", daemon=True).start()
-            if self.register:
-                # Subprocesses started from here on (data loader workers, launchers) carry the run id.
-                self._old_env = os.environ.get("CARBONWATCH_RUN_ID")
-                os.environ["CARBONWATCH_RUN_ID"] = self.run_id
-                if s.pushgateway or node:
-                    self._register()
             if node:
                 self.measurement = NODE_EXPORTER  # measured once, by the exporter: no sampler here
                 log.info("carbonwatch: run %s: the node exporter measures it", self.run_id)
@@ -293,11 +293,15 @@ class Run:
                 os.environ.pop("CARBONWATCH_RUN_ID", None)
             else:
                 os.environ["CARBONWATCH_RUN_ID"] = self._old_env
-        if self._registration is not None:
-            try:
-                from carbonwatch.registration import unregister
+        self._end_registration()
 
-                unregister(self._registration)
+    def _end_registration(self) -> None:
+        if self._registration is not None:
+            path, self._registration = self._registration, None
+            try:
+                from carbonwatch.registration import end
+
+                end(path)  # the exporter counts the run up to now, then the process leaves it
             except Exception:
                 pass
 
@@ -341,6 +345,7 @@ class Run:
     def _finish(self, status: str) -> dict[str, Any] | None:
         s = self.settings
         end = time.time()
+        self._end_registration()  # the node exporter's count ends here, where the local meter's would
         self._stop_budget.set()
         if self.wrapped:  # the wrapper pushes the status, measures, records and cleans up
             if self.pusher is not None:

@@ -1,0 +1,98 @@
+"""Helpers shared by the tests (fixtures built on them live in conftest.py): free ports, waiting for a
+condition, and a real Prometheus on loopback fed the repository's own configuration and rules."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1 (all held open while choosing, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Call `check` until it returns something truthy (returned) or `timeout` passes (AssertionError naming
+    `what` and the last value). An OSError from `check` counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:g}s (last: {last!r})")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class Prometheus:
+    """A real Prometheus on 127.0.0.1 scraping `targets` (job -> host:port list) every `interval`, with the
+    repository's rules rendered for that interval (carbonwatch.stackconfig)."""
+
+    def __init__(self, tmp: Path, targets: Mapping[str, Sequence[str]], interval: str = "1s",
+                 alertmanagers: Sequence[str] = ()) -> None:
+        from carbonwatch.stackconfig import render_prometheus_config, render_rules
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        rules_dir = tmp / "rules"
+        render_rules(REPO, rules_dir, interval)
+        (tmp / "prometheus.yml").write_text(render_prometheus_config(
+            REPO, {k: list(v) for k, v in targets.items()}, list(alertmanagers), interval, interval, rules_dir))
+        self.log = tmp / "prometheus.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            eventually(lambda: self.proc.poll() is None and http_ok(self.url + "/-/ready"), 60, "prometheus ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"prometheus did not start:\n{self.log.read_text()[-2000:]}") from None
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        r.raise_for_status()
+        result: list[dict[str, Any]] = r.json()["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
