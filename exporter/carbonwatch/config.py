@@ -12,8 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 
@@ -328,21 +327,7 @@ def check_storage_path(path: str, what: str = "storage.path") -> str:
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config.file: cannot read {str(p)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config.file: {str(p)!r} is not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config.file: {str(p)!r} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config.file: {str(p)!r} must hold a mapping at the top level")
+    data: dict[str, Any] = yamlfile.load(path, "config.file")
     return data
 
 

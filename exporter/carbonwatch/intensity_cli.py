@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from carbonwatch.errors import ConfigError
+from carbonwatch import yamlfile
 from carbonwatch.intensity import (
     FALLBACK_SOURCE,
     WORLD_SOURCE,
@@ -43,17 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_config(path: str | None) -> dict[str, Any] | None:
     if not path:
         return None
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"--config.file: cannot read {path} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config.file: {path} is not valid YAML ({exc})") from None
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config.file: {path} must hold a mapping")
-    return data
+    data: dict[str, Any] = yamlfile.load(path, "--config.file")
+    return data or None
 
 
 def list_zones(cfg: dict[str, Any] | None, as_json: bool) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 import requests
 import yaml
 
+from carbonwatch import yamlfile
 from carbonwatch.client import settings as client_settings
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
@@ -220,13 +221,8 @@ def render_alertmanager_config(
 ) -> str:
     """alerting/alertmanager.yml for a config in another directory: template paths made absolute; with
     `webhook_url`, every receiver delivers to that URL only (its other integrations need the outside world)."""
-    try:
-        doc = yaml.safe_load(source.read_text())
-    except OSError as exc:
-        raise ConfigError(f"alertmanager config: cannot read {source}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"alertmanager config: {source} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or "route" not in doc:
+    doc = yamlfile.load(source, "alertmanager config")
+    if "route" not in doc:
         raise ConfigError(f"alertmanager config: {source} has no top-level `route`")
     base = source.resolve().parent
     doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in doc.get("templates") or []]

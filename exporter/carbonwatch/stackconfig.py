@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from carbonwatch import yamlfile
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
 
@@ -45,12 +46,7 @@ def _dump(data: Any) -> str:
 
 
 def _load(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return yamlfile.load(path, str(path), mapping=False)
 
 
 def render_prometheus_config(

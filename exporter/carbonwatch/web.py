@@ -49,13 +49,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
+from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 
@@ -303,16 +303,7 @@ def _check_tls(t: TLSServerConfig, where: str) -> None:
 def load_web_config(path: str | os.PathLike[str], what: str = "web.config_file") -> WebConfig:
     """Read and check a web configuration file, including that its certificates load."""
     p = str(path)
-    try:
-        text = Path(p).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read {p!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: {p!r} is not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: {p!r} is not valid YAML: {exc}") from None
+    data = yamlfile.load(p, what, mapping=False)
     cfg = parse_web_config(data, p, what)
     if cfg.tls is not None:
         ssl_context(cfg.tls, f"{what}: {p}")  # certificates and keys load
