@@ -34,7 +34,7 @@ bench:
 	$(PY) -m bench
 
 docs:
-	$(PY) -m carbonwatch.metrics > docs/metrics.md
+	$(PY) -m tools.gen_metrics_doc
 
 clean:
 	rm -rf .venv .state build *.egg-info

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from carbonwatch import dashboards
-from carbonwatch.metrics import SPECS
+from carbonwatch.contracts import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 DASH_DIR = ROOT / "grafana" / "dashboards"

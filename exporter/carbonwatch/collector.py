@@ -9,11 +9,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
+from carbonwatch.contracts import BY_NAME, COMPONENTS, RUN_LABELS
 from carbonwatch.identity import IdentityStats
-from carbonwatch.metrics import BY_NAME
-from carbonwatch.model import COMPONENTS, CollectorStatus, Snapshot
-
-RUN_LABELS = ("user", "project", "model", "team")
+from carbonwatch.model import CollectorStatus, Snapshot
 
 
 def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
@@ -113,6 +111,8 @@ class SnapshotCollector(Collector):
                 f["carbonwatch_process_energy_joules"].add_metric(lv, p.energy_joules.get(comp, 0.0))
         for r in snap.runs:
             f["carbonwatch_run_info"].add_metric([r.run_id, r.origin] + [r.labels.get(k, "") for k in RUN_LABELS], 1)
+            for comp, source in sorted(r.sources.items()):
+                f["carbonwatch_run_source_info"].add_metric([r.run_id, comp, source], 1)
             for comp in COMPONENTS:
                 if comp not in r.energy_joules:
                     continue

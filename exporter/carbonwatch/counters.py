@@ -11,10 +11,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.identity import ContainerRef, RunIdentity
 from carbonwatch.model import ContainerState, RunState
-
-JOULES_PER_KWH = 3.6e6
 
 
 def grams_per_joule(grams_per_kwh: float) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from carbonwatch.contracts import INTENSITY_BY_NAME
 from carbonwatch.intensity import normalise_zone
 from carbonwatch.intensity_feed import IntensityFeed
 
@@ -31,40 +32,21 @@ class IntensityCollector(Collector):
         return []
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-        intensity = GaugeMetricFamily(
-            "carbonwatch_grid_carbon_intensity_grams_per_kwh",
-            "Carbon intensity of grid electricity in the zone, g CO2e per kWh, and where it came from.",
-            labels=["zone", "source"],
-        )
+        f = {name: _family(name) for name in INTENSITY_BY_NAME}
         for zone, r in sorted(self.feed.all().items()):
-            intensity.add_metric([zone, r.source], r.grams_per_kwh)
-        yield intensity
-        if self.prices:
-            price = GaugeMetricFamily(
-                "carbonwatch_electricity_price_per_kwh",
-                "Configured electricity price in the zone per kWh, in the currency of the label.",
-                labels=["zone", "currency"],
-            )
-            for zone, (value, currency) in sorted(self.prices.items()):
-                price.add_metric([zone, currency], value)
-            yield price
-        ok = GaugeMetricFamily("carbonwatch_intensity_refresh_success",
-                               "1 if the last background refresh of the zone's intensity gave a live value, else 0 "
-                               "(the value served is then the last good one or the table, as `source` says).",
-                               labels=["zone"])
-        last = GaugeMetricFamily("carbonwatch_intensity_last_success_timestamp_seconds",
-                                 "Wall-clock time of the zone's last successful intensity refresh.", labels=["zone"])
-        failures = CounterMetricFamily("carbonwatch_intensity_refresh_failures",
-                                       "Background intensity refreshes of the zone that failed.", labels=["zone"])
+            f["carbonwatch_grid_carbon_intensity_grams_per_kwh"].add_metric([zone, r.source], r.grams_per_kwh)
+        for zone, (value, currency) in sorted(self.prices.items()):
+            f["carbonwatch_electricity_price_per_kwh"].add_metric([zone, currency], value)
         for zone, h in sorted(self.feed.health.items()):
-            ok.add_metric([zone], 0.0 if h.last_error else 1.0)
-            failures.add_metric([zone], h.failures)
+            f["carbonwatch_intensity_refresh_success"].add_metric([zone], 0.0 if h.last_error else 1.0)
+            f["carbonwatch_intensity_refresh_failures"].add_metric([zone], h.failures)
             if h.last_success is not None:
-                last.add_metric([zone], h.last_success)
-        yield ok
-        yield last
-        yield failures
-        duration = GaugeMetricFamily("carbonwatch_intensity_refresh_duration_seconds",
-                                     "Time the last background refresh of every zone took.")
-        duration.add_metric([], self.feed.last_duration_seconds)
-        yield duration
+                f["carbonwatch_intensity_last_success_timestamp_seconds"].add_metric([zone], h.last_success)
+        f["carbonwatch_intensity_refresh_duration_seconds"].add_metric([], self.feed.last_duration_seconds)
+        yield from (fam for fam in f.values() if fam.samples)
+
+
+def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    spec = INTENSITY_BY_NAME[name]  # names, help and labels are the contract's (carbonwatch.contracts)
+    kind = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
+    return kind(spec.name, spec.help, labels=list(spec.labels))

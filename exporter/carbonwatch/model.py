@@ -14,8 +14,6 @@ SOURCE_NVML_POWER = "nvml_power"  # GPU power sampled by the exporter and integr
 SOURCE_RAPL = "rapl"  # Intel/AMD RAPL energy counters through powercap sysfs
 SOURCE_MODEL = "model"  # a model estimate (TDP x utilisation, W/GB)
 
-COMPONENTS = ("gpu", "cpu", "memory")
-
 
 class SourceError(Exception):
     """A source could not be read. The sampler marks its collector failed and carries on."""

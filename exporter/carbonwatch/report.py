@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from carbonwatch.contracts import COMPONENTS, JOULES_PER_KWH
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.equivalents import FACTORS, SOURCE, equivalents
 from carbonwatch.errors import ConfigError
@@ -20,8 +21,6 @@ from carbonwatch.promql import DEFAULT_URL, Prometheus
 
 DEFAULT_PROMETHEUS = DEFAULT_URL
 TERMINAL = ("failed", "stopped", "succeeded")  # a run that has one of these ended with it
-COMPONENTS = ("gpu", "cpu", "memory")
-JOULES_PER_KWH = 3.6e6
 
 
 @dataclass

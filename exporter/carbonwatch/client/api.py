@@ -49,6 +49,7 @@ from carbonwatch.client.summary import (
     format_summary,
     intensity_for,
 )
+from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity import check_zone
 from carbonwatch.promql import Prometheus
@@ -437,7 +438,7 @@ class Run:
         if self.meter is None:
             return None
         totals = self.meter.totals()
-        return float(sum(totals.energy_joules.values())) / 3.6e6 * self._grid_intensity()[0]
+        return float(sum(totals.energy_joules.values())) / JOULES_PER_KWH * self._grid_intensity()[0]
 
     def _budget_loop(self) -> None:
         assert self.budget_grams is not None

@@ -24,10 +24,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from carbonwatch.client.auth import PushgatewayAuth, redact_url
+from carbonwatch.contracts import PUSH_JOB, PUSHED_BY_NAME
 
 log = logging.getLogger("carbonwatch.client")
 
-JOB = "carbonwatch_run"
+JOB = PUSH_JOB
 STATUSES = ("running", "succeeded", "failed", "stopped")
 
 
@@ -107,54 +108,38 @@ class RunCollector(Collector):
         s = self.progress.snapshot()
         rid = s.labels.run_id
 
-        def gauge(name: str, help_text: str, value: float | None) -> Iterator[Metric]:
+        def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+            spec = PUSHED_BY_NAME[name]  # names, help and labels are the contract's (carbonwatch.contracts)
+            kind = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
+            return kind(spec.name, spec.help, labels=list(spec.labels))
+
+        def gauge(name: str, value: float | None) -> Iterator[Metric]:
             if value is not None and math.isfinite(value):
-                g = GaugeMetricFamily(name, help_text, labels=["run_id"])
+                g = family(name)
                 g.add_metric([rid], float(value))
                 yield g
 
         if OWNER in self.parts:
-            info = GaugeMetricFamily(
-                "carbonwatch_run_info",
-                "Training run metadata and status (running, succeeded, failed, stopped); value 1.",
-                labels=["run_id", "user", "model", "project", "team", "host", "status"],
-            )
+            info = family("carbonwatch_run_info")
             lab = s.labels
             info.add_metric([rid, lab.user, lab.model, lab.project, lab.team, lab.host, s.status], 1.0)
             yield info
-            yield from gauge("carbonwatch_run_start_time_seconds", "Run start, Unix time in seconds.", s.start_time)
-            yield from gauge("carbonwatch_run_end_time_seconds", "Run end, Unix time in seconds.", s.end_time)
-            yield from gauge("carbonwatch_run_budget_grams", "Carbon budget of the run, grams CO2e.", s.budget_grams)
-            yield from gauge(
-                "carbonwatch_run_last_push_time_seconds", "Time of this push, Unix seconds (heartbeat).", time.time()
-            )
-            yield from gauge("carbonwatch_run_retention_seconds",
-                             "How long the finished run's group stays on the gateway before a sweep deletes it.",
-                             s.retention_seconds)
+            yield from gauge("carbonwatch_run_start_time_seconds", s.start_time)
+            yield from gauge("carbonwatch_run_end_time_seconds", s.end_time)
+            yield from gauge("carbonwatch_run_budget_grams", s.budget_grams)
+            yield from gauge("carbonwatch_run_last_push_time_seconds", time.time())
+            yield from gauge("carbonwatch_run_retention_seconds", s.retention_seconds)
         if PROGRESS in self.parts:
-            yield from gauge(
-                "carbonwatch_run_expected_end_time_seconds",
-                "Expected end of the run, Unix time in seconds.",
-                s.expected_end_time,
-            )
-            yield from gauge("carbonwatch_run_epoch", "Training epochs started, counted from 1.",
-                             None if s.epoch is None else float(s.epoch))
-            samples = CounterMetricFamily(
-                "carbonwatch_run_samples", "Training samples processed by the run.", labels=["run_id"]
-            )
+            yield from gauge("carbonwatch_run_expected_end_time_seconds", s.expected_end_time)
+            yield from gauge("carbonwatch_run_epoch", None if s.epoch is None else float(s.epoch))
+            samples = family("carbonwatch_run_samples")
             samples.add_metric([rid], s.samples)
             yield samples
-            phase = GaugeMetricFamily(
-                "carbonwatch_run_phase_info", "Current phase of the run (train, eval, ...); value 1.",
-                labels=["run_id", "phase"],
-            )
+            phase = family("carbonwatch_run_phase_info")
             phase.add_metric([rid, s.phase], 1.0)
             yield phase
             if s.metrics:
-                m = GaugeMetricFamily(
-                    "carbonwatch_run_metric", "Training metric reported by the run (loss, accuracy, ...).",
-                    labels=["run_id", "name"],
-                )
+                m = family("carbonwatch_run_metric")
                 for name, raw in sorted(s.metrics.items()):
                     value = _as_float(raw)
                     if value is not None:

@@ -8,12 +8,12 @@ import logging
 import math
 from typing import Any
 
+from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.equivalents import FACTORS, SOURCE, equivalents
 
 log = logging.getLogger("carbonwatch.client")
 
 WORLD_GRAMS_PER_KWH = 481.0  # world average, Ember 2023 (the contract's default for zone "world")
-JOULES_PER_KWH = 3.6e6
 
 # Who measured the run's energy (the record's `measurement`).
 LOCAL_METER = "local meter"  # this process sampled the run's process tree

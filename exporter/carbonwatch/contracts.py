@@ -1,10 +1,20 @@
-"""The one list of metric families the exporter serves. The collector builds families from it and
-docs/metrics.md is generated from it (`python -m carbonwatch.metrics > docs/metrics.md`)."""
+"""Every name one part of carbonwatch relies on another part for, in one place: the metric families the
+exporter serves, those the run client pushes, the intensity collector's, the recorded series that the
+report, `carbonwatch job`, the run summary, the dashboards and the alerts read, and the shared constants.
+
+The collectors and the pusher build their families from these specs, docs/metrics.md is generated from them
+(`make docs`), and tests check the rules record every series listed in RECORDED.
+"""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
+
+COMPONENTS = ("gpu", "cpu", "memory")
+JOULES_PER_KWH = 3.6e6
+RUN_LABELS = ("user", "project", "model", "team")  # what a run's info series names besides run_id
+PUSH_JOB = "carbonwatch_run"  # the Pushgateway job of the run client's groups (grouping key run_id)
+EXPORTER_JOB = "carbonwatch"  # the scrape job of the node exporters
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,12 @@ class Spec:
 
 SOURCES = ("`nvml_counter` (GPU total-energy counter), `nvml_power_average` / `nvml_power_instant` (GPU averaged or "
            "instant power integrated by the exporter), `rapl`, `model`")
+SOURCE_NOTE = (
+    "Device energy series carry it as a label; a run's energy names its weakest source per component in "
+    "`carbonwatch_run_source_info`; process, container and unattributed energy are parts of the device energy "
+    "of the same sample, whose sources the device series and `carbonwatch_node_info` (`cpu_source`, "
+    "`memory_source`) name."
+)
 
 SPECS: tuple[Spec, ...] = (
     Spec("carbonwatch_node_info", "gauge",
@@ -64,6 +80,9 @@ SPECS: tuple[Spec, ...] = (
          "A run this node measures, value 1, with the labels the node knows (\"\" where unknown) and how its "
          "processes were found (`origin`: env, registration, parent, kubernetes, slurm).",
          "process environment, registrations, pod labels, SLURM"),
+    Spec("carbonwatch_run_source_info", "gauge", ("run_id", "component", "source"),
+         "Where a run's energy on this node came from, per component, value 1: the weakest source any of its "
+         "samples had (one modelled or power-integrated sample makes the total so).", "the sources in use"),
     Spec("carbonwatch_container_energy_joules", "counter", ("namespace", "pod", "container", "component"),
          "Energy of a Kubernetes container's processes on this node since first seen; removed "
          "`process.run_linger` after its last process ended.", "attribution"),
@@ -120,33 +139,102 @@ SPECS: tuple[Spec, ...] = (
          "uid or CAP_SYS_PTRACE they join runs only through their parent or a registration.", "/proc"),
 )
 
+# What the run client pushes to the Pushgateway (job carbonwatch_run, grouping key run_id).
+PUSHED: tuple[Spec, ...] = (
+    Spec("carbonwatch_run_info", "gauge", ("run_id", "user", "model", "project", "team", "host", "status"),
+         "Training run metadata and status (running, succeeded, failed, stopped); value 1.", "the run client"),
+    Spec("carbonwatch_run_start_time_seconds", "gauge", ("run_id",), "Run start, Unix time in seconds.",
+         "the run client"),
+    Spec("carbonwatch_run_end_time_seconds", "gauge", ("run_id",), "Run end, Unix time in seconds.",
+         "the run client"),
+    Spec("carbonwatch_run_budget_grams", "gauge", ("run_id",), "Carbon budget of the run, grams CO2e.",
+         "the run client"),
+    Spec("carbonwatch_run_last_push_time_seconds", "gauge", ("run_id",),
+         "Time of this push, Unix seconds (heartbeat).", "the run client"),
+    Spec("carbonwatch_run_retention_seconds", "gauge", ("run_id",),
+         "How long the finished run's group stays on the gateway before a sweep deletes it.", "the run client"),
+    Spec("carbonwatch_run_expected_end_time_seconds", "gauge", ("run_id",),
+         "Expected end of the run, Unix time in seconds.", "the run client"),
+    Spec("carbonwatch_run_epoch", "gauge", ("run_id",), "Training epochs started, counted from 1.",
+         "the run client"),
+    Spec("carbonwatch_run_samples", "counter", ("run_id",), "Training samples processed by the run.",
+         "the run client"),
+    Spec("carbonwatch_run_phase_info", "gauge", ("run_id", "phase"),
+         "Current phase of the run (train, eval, ...); value 1.", "the run client"),
+    Spec("carbonwatch_run_metric", "gauge", ("run_id", "name"),
+         "Training metric reported by the run (loss, accuracy, ...).", "the run client"),
+)
+
+# What the exporter's intensity collector serves (every zone the instance refreshes).
+INTENSITY: tuple[Spec, ...] = (
+    Spec("carbonwatch_grid_carbon_intensity_grams_per_kwh", "gauge", ("zone", "source"),
+         "Carbon intensity of grid electricity in the zone, g CO2e per kWh, and where it came from.",
+         "the intensity feed (table, a live provider, or a central instance)"),
+    Spec("carbonwatch_electricity_price_per_kwh", "gauge", ("zone", "currency"),
+         "Configured electricity price in the zone per kWh, in the currency of the label.", "config"),
+    Spec("carbonwatch_intensity_refresh_success", "gauge", ("zone",),
+         "1 if the last background refresh of the zone's intensity gave a live value, else 0 (the value served "
+         "is then the last good one or the table, as `source` says).", "the intensity feed"),
+    Spec("carbonwatch_intensity_last_success_timestamp_seconds", "gauge", ("zone",),
+         "Wall-clock time of the zone's last successful intensity refresh.", "the intensity feed"),
+    Spec("carbonwatch_intensity_refresh_failures", "counter", ("zone",),
+         "Background intensity refreshes of the zone that failed.", "the intensity feed"),
+    Spec("carbonwatch_intensity_refresh_duration_seconds", "gauge", (),
+         "Time the last background refresh of every zone took.", "the intensity feed"),
+)
+
+# Recorded series (prometheus/rules/) that code outside the rules reads: report, job, run summary, demo.
+RECORDED: tuple[str, ...] = (
+    "run_id:carbonwatch_energy_joules:total",
+    "run_id:carbonwatch_emissions_grams:total",
+    "run_id_component:carbonwatch_energy_joules:total",
+    "run_id_component:carbonwatch_emissions_grams:total",
+    "run_id:carbonwatch_cost:total",
+    "run_id:carbonwatch_run_info:last",
+    "run_id:carbonwatch_power_watts:sum",
+    "run_id:carbonwatch_emissions_grams:forecast",
+    "run_id:carbonwatch_grams_per_epoch:ratio",
+)
+
 BY_NAME = {s.name: s for s in SPECS}
+PUSHED_BY_NAME = {s.name: s for s in PUSHED}
+INTENSITY_BY_NAME = {s.name: s for s in INTENSITY}
 
 
 def markdown() -> str:
     lines = [
         "# Metrics",
         "",
-        "Generated from `exporter/carbonwatch/metrics.py` (`make docs`); do not edit by hand.",
+        "Generated from `exporter/carbonwatch/contracts.py` (`make docs`); do not edit by hand.",
         "",
-        f"Every energy series says where it came from in `source`: {SOURCES}. `component` is `gpu`, `cpu` or "
-        "`memory`. Units are base units (watts, joules, seconds, ratios 0..1). No series carries a host label: "
-        "the scrape adds `instance`.",
+        f"Every energy figure says where it came from (`source`): {SOURCES}. {SOURCE_NOTE} `component` is "
+        "`gpu`, `cpu` or `memory`. Units are base units (watts, joules, seconds, ratios 0..1). No series carries a "
+        "host label: the scrape adds `instance`.",
         "",
         "| metric | type | labels | meaning | source |",
         "|---|---|---|---|---|",
     ]
-    for s in SPECS:
-        labels = ", ".join(f"`{label}`" for label in s.labels) or "-"
-        lines.append(f"| `{s.exposed_name}` | {s.type} | {labels} | {s.help} | {s.source} |")
-    lines += [
-        "",
-        "The intensity collector adds `carbonwatch_grid_carbon_intensity_grams_per_kwh{zone,source}` and "
-        "`carbonwatch_electricity_price_per_kwh{zone,currency}` (see [rules.md](rules.md)).",
-        "",
-    ]
+    lines += _table(SPECS)
+    lines += ["", "## The intensity collector", "",
+              "Every instance serves its own zone; one configured with a live provider and `intensity.zones` serves "
+              "them all to Prometheus and, on `/intensity`, to the other nodes (docs/rules.md).", "",
+              "| metric | type | labels | meaning | source |", "|---|---|---|---|---|"]
+    lines += _table(INTENSITY)
+    lines += ["", "## The run client (Pushgateway, job `carbonwatch_run`, grouping key `run_id`)", "",
+              "| metric | type | labels | meaning | source |", "|---|---|---|---|---|"]
+    lines += _table(PUSHED)
+    lines += ["", "## Recorded series other parts read", "",
+              "Defined in `prometheus/rules/` (docs/rules.md); read by `carbonwatch report`, `carbonwatch job`, the "
+              "run summary and the demo:", ""]
+    lines += [f"- `{name}`" for name in RECORDED]
+    lines.append("")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    sys.stdout.write(markdown())
+
+def _table(specs: tuple[Spec, ...]) -> list[str]:
+    out = []
+    for s in specs:
+        labels = ", ".join(f"`{label}`" for label in s.labels) or "-"
+        out.append(f"| `{s.exposed_name}` | {s.type} | {labels} | {s.help} | {s.source} |")
+    return out
