@@ -22,11 +22,11 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from carbonwatch.config import ExporterConfig
 from carbonwatch.meters import GpuSource
-from carbonwatch.model import GpuProcessUse, GpuReading, RunState
+from carbonwatch.model import GpuProcessUse, GpuReading, IntensityInUse, RunState
 from carbonwatch.registration import Registration, process_start_time
 from carbonwatch.sampler import Sampler, Sources, build_sources
 from carbonwatch.sources import pidns
@@ -104,6 +104,7 @@ class LocalMeter:
         sources: Sources | None = None,
         pid_view: pidns.PidView | None = None,
         environ: Mapping[str, str] | None = None,
+        intensity: Callable[[], IntensityInUse] | None = None,
     ) -> None:
         cfg = dataclasses.replace(config) if config is not None else ExporterConfig()
         cfg.sample_interval = interval
@@ -121,7 +122,8 @@ class LocalMeter:
             sources.nvml = VisibleGpus(sources.nvml, root, visible_devices(environ))
         log.info("carbonwatch local meter: GPU attribution %s (%s)", self.gpu_attribution, self.pid_view.reason)
         reg = Registration(run_id, root, process_start_time(root, proc_root))
-        self.sampler = Sampler(cfg, sources, static_registrations=[reg], only_runs=True)
+        # with `intensity`, each sample's energy is priced at the intensity of that sample (sum of dE x I(t))
+        self.sampler = Sampler(cfg, sources, static_registrations=[reg], only_runs=True, intensity=intensity)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._final: RunState | None = None

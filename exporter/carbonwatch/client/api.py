@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.labels import validate_label, validate_metric_name, validate_run_id
@@ -52,6 +52,10 @@ from carbonwatch.client.summary import (
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity import check_zone
+from carbonwatch.model import IntensityInUse
+
+if TYPE_CHECKING:
+    from carbonwatch.intensity_feed import IntensityFeed
 from carbonwatch.promql import Prometheus
 
 log = logging.getLogger("carbonwatch.client")
@@ -183,6 +187,7 @@ class Run:
         self._stop_status: str | None = None
         self._budget_thread: threading.Thread | None = None
         self._registration: Path | None = None
+        self._feed: IntensityFeed | None = None  # started with the local meter
         self._old_env: str | None = None
         self._old_sigterm: Any = None
         self._intensity: tuple[float, str] | None = None
@@ -248,7 +253,8 @@ class Run:
         try:
             from carbonwatch.local_meter import LocalMeter
 
-            self.meter = LocalMeter(self.run_id, self.root_pid, interval=self.settings.meter_interval)
+            self.meter = LocalMeter(self.run_id, self.root_pid, interval=self.settings.meter_interval,
+                                    intensity=self._intensity_in_use)
             self.meter.start()
             self.measurement = LOCAL_METER
         except Exception as exc:
@@ -377,6 +383,9 @@ class Run:
                     self.run_id, self.pusher.last_error,
                 )
         grams_per_kwh, source = self._grid_intensity()
+        if self._feed is not None:  # what the local meter priced the samples at (the last one)
+            used = self._feed.in_use()
+            grams_per_kwh, source = used.grams_per_kwh, used.source
         snap = self.progress_state.snapshot()
         prom = None
         energy = dict(totals.energy_joules) if totals is not None else {}
@@ -396,7 +405,9 @@ class Run:
             energy_joules=energy, sources=sources,
             zone=s.zone, grams_per_kwh=grams_per_kwh, intensity_source=source,
             price_per_kwh=s.price_per_kwh, currency=s.currency, budget_grams=self.budget_grams,
-            measurement=self.measurement, emissions_grams=prom if node else None,
+            measurement=self.measurement,
+            emissions_grams=prom if node else (sum(totals.emissions_grams.values())
+                                               if totals is not None and totals.emissions_grams else None),
             extra={
                 "mode": "node" if node else ("local" if s.local_mode else "pushgateway"),
                 "pushgateway": s.pushgateway or "",
@@ -421,6 +432,17 @@ class Run:
         return rec
 
     # ---- budget ----------------------------------------------------------------------------------
+    def _intensity_in_use(self) -> IntensityInUse:
+        """What the local meter prices each sample at: the zone's intensity, refreshed in the background (never
+        on the training thread) when a live provider is configured."""
+        if self._feed is None:
+            from carbonwatch.intensity import provider_from_config
+            from carbonwatch.intensity_feed import IntensityFeed
+
+            self._feed = IntensityFeed([self.settings.zone], provider_from_config(self.settings.intensity or None))
+            self._feed.start(self._stop_budget)
+        return self._feed.in_use()
+
     def _grid_intensity(self) -> tuple[float, str]:
         if self._intensity is None:
             self._intensity = intensity_for(self.settings.zone, self.settings.intensity)
@@ -438,6 +460,8 @@ class Run:
         if self.meter is None:
             return None
         totals = self.meter.totals()
+        if totals.emissions_grams:  # priced sample by sample
+            return float(sum(totals.emissions_grams.values()))
         return float(sum(totals.energy_joules.values())) / JOULES_PER_KWH * self._grid_intensity()[0]
 
     def _budget_loop(self) -> None:
