@@ -18,7 +18,7 @@ path:
 	esac
 
 demo: setup
-	$(PY) -m carbonwatch.demo
+	$(PY) -m carbonwatch.stack.demo
 
 test:
 	scripts/setup.sh test

@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "exporter"))
 
-from carbonwatch.config import ExporterConfig  # noqa: E402
-from carbonwatch.model import GpuProcessUse, GpuReading, IntensityInUse  # noqa: E402
-from carbonwatch.sampler import Sampler, build_sources  # noqa: E402
-from carbonwatch.state import StateStore  # noqa: E402
+from carbonwatch.node.config import ExporterConfig  # noqa: E402
+from carbonwatch.node.model import GpuProcessUse, GpuReading, IntensityInUse  # noqa: E402
+from carbonwatch.node.sampler import Sampler, build_sources  # noqa: E402
+from carbonwatch.node.state import StateStore  # noqa: E402
 
 
 class Gpus:

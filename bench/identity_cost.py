@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "exporter"))
 
-from carbonwatch.identity import Resolver  # noqa: E402
-from carbonwatch.kubelet import PodCache, PodInfo  # noqa: E402
-from carbonwatch.model import ProcessReading  # noqa: E402
-from carbonwatch.sampler import BasicResolver  # noqa: E402
+from carbonwatch.node.identity import Resolver  # noqa: E402
+from carbonwatch.node.identity.kubelet import PodCache, PodInfo  # noqa: E402
+from carbonwatch.node.model import ProcessReading  # noqa: E402
+from carbonwatch.node.sampler import BasicResolver  # noqa: E402
 
 
 class Pods:

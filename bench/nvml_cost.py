@@ -30,7 +30,7 @@ from typing import Any
 
 import pynvml
 
-from carbonwatch.sources.nvml import NvmlSource
+from carbonwatch.node.sources.nvml import NvmlSource
 from tests.fakes.nvml_stub import COSTS, FakeClock, FakeGpu, FakeMigDevice, FakeProcess, NvmlStub, bursty
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,11 +59,11 @@ def http_ok(url: str) -> bool:
 
 class Prometheus:
     """A real Prometheus on 127.0.0.1 scraping `targets` (job -> host:port list) every `interval`, with the
-    repository's rules rendered for that interval (carbonwatch.stackconfig)."""
+    repository's rules rendered for that interval (carbonwatch.stack.config)."""
 
     def __init__(self, tmp: Path, targets: Mapping[str, Sequence[str]], interval: str = "1s",
                  alertmanagers: Sequence[str] = ()) -> None:
-        from carbonwatch.stackconfig import render_prometheus_config, render_rules
+        from carbonwatch.stack.config import render_prometheus_config, render_rules
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

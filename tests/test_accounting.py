@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity
-from carbonwatch.model import GpuProcessUse, IntensityInUse
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity
+from carbonwatch.node.model import GpuProcessUse, IntensityInUse
+from carbonwatch.node.sampler import Sampler, Sources
+from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration
-from carbonwatch.sampler import Sampler, Sources
-from carbonwatch.sources.procs import ProcScanner
 from tests.fakeproc import FakeProc
 from tests.test_sampler import Clock, FakeGpus, FakeRapl, FlatModel, gpu
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from carbonwatch.stackconfig import render_prometheus_config, render_rules
+from carbonwatch.stack.config import render_prometheus_config, render_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 AM_CONFIG = ROOT / "alerting" / "alertmanager.yml"
@@ -104,14 +104,18 @@ class Serve:
 
 
 def exporter_text(t0: float) -> str:
-    """One DE node running run "e2e" at 36 kW (0.01 kWh/s -> 3.809 g/s at the DE table value)."""
+    """One DE node running run "e2e" at 36 kW (0.01 kWh/s -> 3.809 g/s at the DE table value), with the
+    energy and emissions counters an exporter integrates."""
     e = 36000.0 * (time.time() - t0)
     return (
         'carbonwatch_node_info{zone="DE",cpu_model="Intel Xeon",hostname="n1",gpus="1",'
         'cpu_source="rapl",memory_source="rapl"} 1\n'
         'carbonwatch_grid_carbon_intensity_grams_per_kwh{zone="DE",source="table:owid-2023"} 380.9\n'
+        'carbonwatch_node_intensity_grams_per_kwh{zone="DE",source="table:owid-2023"} 380.9\n'
         "# TYPE carbonwatch_run_energy_joules_total counter\n"
         f'carbonwatch_run_energy_joules_total{{run_id="e2e",component="gpu"}} {e}\n'
+        "# TYPE carbonwatch_run_emissions_grams_total counter\n"
+        f'carbonwatch_run_emissions_grams_total{{run_id="e2e",component="gpu"}} {e / 3.6e6 * 380.9}\n'
         'carbonwatch_run_power_watts{run_id="e2e",component="gpu"} 36000\n'
     )
 
@@ -233,9 +237,9 @@ def test_a_run_past_its_budget_notifies_the_webhook_with_user_project_and_run(st
     assert ann["runbook_url"] == "docs/runbook.md#carbonwatchrunbudgetexceeded"
     assert ann["dashboard"].endswith("var-run_id=e2e")
     assert ann["description"].startswith("Run e2e of alice (project llm-pretrain) has emitted ")
-    # The recorded totals behind it: energy from the counter, emissions at the DE table intensity.
+    # The recorded totals behind it: the exporter's energy and emissions counters (DE table intensity).
     base = stack["prometheus"]
     energy = query(base, 'run_id:carbonwatch_energy_joules:total{run_id="e2e"}')
     grams = query(base, 'run_id:carbonwatch_emissions_grams:total{run_id="e2e"}')
     assert energy and grams
-    assert float(grams[0]["value"][1]) == pytest.approx(float(energy[0]["value"][1]) / 3.6e6 * 380.9, rel=0.02)
+    assert float(grams[0]["value"][1]) == pytest.approx(float(energy[0]["value"][1]) / 3.6e6 * 380.9, rel=1e-9)

@@ -1,5 +1,5 @@
-from carbonwatch.attribution import gpu_weights, split_by_capacity, split_by_share
-from carbonwatch.model import GpuProcessUse
+from carbonwatch.node.attribution import gpu_weights, split_by_capacity, split_by_share
+from carbonwatch.node.model import GpuProcessUse
 
 
 def test_capacity_split_leaves_idle_unattributed():

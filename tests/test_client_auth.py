@@ -25,7 +25,7 @@ from carbonwatch.client.auth import PushgatewayAuth, Secret, redact_url, split_u
 from carbonwatch.client.pusher import Pusher, RunLabels, RunProgress
 from carbonwatch.client.settings import resolve
 from carbonwatch.errors import ConfigError
-from carbonwatch.stackconfig import SecureFiles, write_secure_files
+from carbonwatch.stack.config import SecureFiles, write_secure_files
 from tests.support import free_port
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")

@@ -158,7 +158,7 @@ def test_exporter_sees_the_host_read_only(resolved: dict[str, Any]) -> None:
 
 @needs_compose
 def test_exporter_config_file_is_mounted_and_valid(resolved: dict[str, Any]) -> None:
-    from carbonwatch.config import ExporterConfig, apply_mapping, load_file
+    from carbonwatch.node.config import ExporterConfig, apply_mapping, load_file
 
     exp = resolved["services"]["exporter"]
     host = host_path_of(exp, flag(exp["command"], "--config.file"))
@@ -321,7 +321,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
 
 @needs_compose
 def test_secure_override_gives_the_exporter_and_gateway_their_web_configs(secure: tuple[Path, dict[str, Any]]) -> None:
-    from carbonwatch.web import load_web_config
+    from carbonwatch.node.web import load_web_config
 
     d, doc = secure
     svcs = doc["services"]
@@ -382,7 +382,7 @@ def test_secure_exporter_healthcheck_passes_against_a_secure_exporter(secure: tu
     server with the generated web config."""
     from prometheus_client import CollectorRegistry
 
-    from carbonwatch.web import serve
+    from carbonwatch.node.web import serve
 
     d, doc = secure
     test = doc["services"]["exporter"]["healthcheck"]["test"]

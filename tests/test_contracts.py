@@ -28,9 +28,9 @@ def test_what_the_run_client_pushes_is_what_the_contract_names():
 def test_the_intensity_collector_serves_what_the_contract_names():
     from prometheus_client import CollectorRegistry
 
-    from carbonwatch.intensity import TableProvider
-    from carbonwatch.intensity_collector import IntensityCollector
-    from carbonwatch.intensity_feed import IntensityFeed
+    from carbonwatch.intensity.collector import IntensityCollector
+    from carbonwatch.intensity.feed import IntensityFeed
+    from carbonwatch.intensity.providers import TableProvider
 
     feed = IntensityFeed(["DE"], TableProvider())
     feed.refresh_once()
@@ -54,7 +54,7 @@ def test_fast_renderer_writes_exactly_what_prometheus_client_writes():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-    from carbonwatch.collector import render_text
+    from carbonwatch.node.collector import render_text
 
     class C:
         def collect(self):
@@ -94,6 +94,6 @@ def test_every_recorded_series_other_parts_read_is_recorded_by_the_rules():
     assert set(RECORDED) <= recorded, sorted(set(RECORDED) - recorded)
     # and the code outside the rules reads no recorded series the contract does not name
     pattern = re.compile(r"\b[a-z_]+:carbonwatch_[a-z_]+:[a-z0-9_]+\b")
-    readers = ["report.py", "job.py", "demo.py", "client/api.py", "client/summary.py"]
+    readers = ["stack/report.py", "stack/job.py", "stack/demo.py", "client/api.py", "client/summary.py"]
     used = {m for f in readers for m in pattern.findall((REPO / "exporter" / "carbonwatch" / f).read_text())}
     assert used <= set(RECORDED), sorted(used - set(RECORDED))

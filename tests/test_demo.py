@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch import demo, stack
 from carbonwatch.cli import build_parser
-from carbonwatch.stack import Service, StackState
+from carbonwatch.stack import demo
+from carbonwatch.stack import launcher as stack
+from carbonwatch.stack.launcher import Service, StackState
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from carbonwatch.config import ExporterConfig, apply_mapping
-from carbonwatch.kubelet import kubelet_settings
+from carbonwatch.node.config import ExporterConfig, apply_mapping
+from carbonwatch.node.identity.kubelet import kubelet_settings
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "kubernetes"

@@ -25,7 +25,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from carbonwatch import cli
-from carbonwatch.stackconfig import render_prometheus_config, render_rules
+from carbonwatch.stack.config import render_prometheus_config, render_rules
 from tests.exporter_proc import start_exporter
 from tests.fleetfakes import FakeKubelet, k8s_path, pod, v1, v2
 from tests.support import eventually, free_port

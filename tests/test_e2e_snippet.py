@@ -28,8 +28,8 @@ pytestmark = [
 SNIPPET = r"""
 import json, os, sys, time
 import carbonwatch
-from carbonwatch.config import ExporterConfig
-from carbonwatch.local_meter import LocalMeter
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.client.local_meter import LocalMeter
 
 cfg = ExporterConfig()
 cfg.cpu.source = "model"

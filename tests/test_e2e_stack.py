@@ -7,7 +7,7 @@ a real training run under `carbonwatch run` that passes a tiny budget, and then:
 - every dashboard panel's query, variables substituted, is accepted by the live Prometheus, and returns data
   except the panels listed in EXPECTED_EMPTY (GPU panels on a machine without GPUs).
 
-Intervals are 1s (rendered from the committed files by carbonwatch.stackconfig), so it takes about a minute.
+Intervals are 1s (rendered from the committed files by carbonwatch.stack.config), so it takes about a minute.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ import sys
 import pytest
 
 from carbonwatch.cli import build_parser
-from carbonwatch.config import ExporterConfig, apply_mapping, parse_listen_address
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.exporter import config_from_args
+from carbonwatch.node.config import ExporterConfig, apply_mapping, parse_listen_address
+from carbonwatch.node.exporter import config_from_args
 
 
 def args(*argv):

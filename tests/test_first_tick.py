@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.local_meter import LocalMeter
+from carbonwatch.client.local_meter import LocalMeter
+from carbonwatch.node.config import ExporterConfig
 from tests.exporter_proc import start_exporter
 from tests.test_exporter_process import samples
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import carbonwatch.sampler as sampler_mod
+import carbonwatch.node.sampler as sampler_mod
 import tests.test_sampler as sampler_tests
-from carbonwatch.config import ExporterConfig
-from carbonwatch.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
+from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration
-from carbonwatch.sources.procs import ProcScanner
 from tests.fleetfakes import FakeKubelet, FleetProc, k8s_path, pod, v1, v2
 
 NS = "vision"
@@ -294,7 +294,7 @@ def test_hostile_label_values_are_dropped_counted_and_logged_never_published(env
                    + b"\0CARBONWATCH_TEAM=a\x07b\0")
     proc.spawn_in(100, env=hostile_env, cgroup=v2(k8s_path(U1, C1)))
     proc.spawn_in(200, env=dict(SLURM_ENV, SLURM_JOB_ACCOUNT="acct\\x", SLURM_JOB_NAME="n\tm"))
-    with caplog.at_level(logging.WARNING, logger="carbonwatch.identity"):
+    with caplog.at_level(logging.WARNING, logger="carbonwatch.node.identity"):
         ids = assign(scanner, resolver)
         ids = assign(scanner, resolver)  # counted once per process or pod, not once per sample
     assert ids[100].run == RunIdentity("k8s:vision:evil", "kubernetes", {"team": "ml"})
@@ -423,7 +423,7 @@ def test_scanner_reads_environment_and_cgroup_once_per_process_and_lists_pids(tm
 
 
 def test_an_invalid_run_id_in_the_environment_is_refused_and_counted(tmp_path):
-    from carbonwatch.model import ProcessReading
+    from carbonwatch.node.model import ProcessReading
 
     resolver = Resolver(proc_root=str(tmp_path))
     bad = ProcessReading(42, 1, "train", 0.0, 0, 5.0, None, (("CARBONWATCH_RUN_ID", 'run "1"\nx'),))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carbonwatch.cgroups import CgroupInfo, parse_cgroup
+from carbonwatch.node.identity.cgroups import CgroupInfo, parse_cgroup
 from tests.fleetfakes import k8s_path, v1, v2
 
 UID = "5f2b6e8a-1c3d-4e5f-8a9b-0c1d2e3f4a5b"

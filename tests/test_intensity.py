@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from carbonwatch.cli import main as cli_main
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity import (
+from carbonwatch.intensity.collector import IntensityCollector
+from carbonwatch.intensity.feed import IntensityFeed, feed_from_config
+from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
     TOKEN_ENV,
     WORLD_GRAMS_PER_KWH,
@@ -30,8 +32,6 @@ from carbonwatch.intensity import (
     settings_from_config,
     zone_known,
 )
-from carbonwatch.intensity_collector import IntensityCollector
-from carbonwatch.intensity_feed import IntensityFeed, feed_from_config
 
 TOKEN = "s3cret-token-value"
 

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity import FALLBACK_SOURCE, IntensityReading
-from carbonwatch.intensity_collector import IntensityCollector
-from carbonwatch.intensity_feed import FeedClient, IntensityFeed, feed_from_config
+from carbonwatch.intensity.collector import IntensityCollector
+from carbonwatch.intensity.feed import FeedClient, IntensityFeed, feed_from_config
+from carbonwatch.intensity.providers import FALLBACK_SOURCE, IntensityReading
 
 
 class Now:

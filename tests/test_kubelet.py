@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from carbonwatch.config import ExporterConfig, KubernetesConfig, apply_mapping
 from carbonwatch.errors import ConfigError
-from carbonwatch.kubelet import (
+from carbonwatch.node.config import ExporterConfig, KubernetesConfig, apply_mapping
+from carbonwatch.node.identity.kubelet import (
     KubeletClient,
     KubeletSettings,
     PodCache,
@@ -95,7 +95,7 @@ def test_a_failed_refresh_keeps_the_last_good_list_and_counts(tls_kubelet, tmp_p
 
 
 def test_oversized_answers_are_refused(tls_kubelet, tmp_path, monkeypatch):
-    import carbonwatch.kubelet as kubelet_mod
+    import carbonwatch.node.identity.kubelet as kubelet_mod
 
     monkeypatch.setattr(kubelet_mod, "MAX_BODY_BYTES", 10_000)
     tls_kubelet.items = [pod(f"{i:08x}-0000-4000-8000-000000000000", "ns", f"p{i}", {"c": C1}) for i in range(20)]

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.local_meter import LocalMeter, board_share, visible_devices
-from carbonwatch.model import GpuReading
-from carbonwatch.sampler import Sources
-from carbonwatch.sources import pidns
-from carbonwatch.sources.nvml import NvmlSource
-from carbonwatch.sources.procs import ProcScanner
+from carbonwatch.client.local_meter import LocalMeter, board_share, visible_devices
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.model import GpuReading
+from carbonwatch.node.sampler import Sources
+from carbonwatch.node.sources import pidns
+from carbonwatch.node.sources.nvml import NvmlSource
+from carbonwatch.node.sources.procs import ProcScanner
 from tests.fakes.nvml_stub import FakeClock, FakeGpu, FakeMigDevice, FakeProcess, NvmlStub
 
 ME = os.getpid()

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from carbonwatch.model import SourceError
-from carbonwatch.sources.memory import read_mem_total_bytes
-from carbonwatch.sources.procs import ProcScanner, parse_stat, run_id_from_environ
+from carbonwatch.node.model import SourceError
+from carbonwatch.node.sources.memory import read_mem_total_bytes
+from carbonwatch.node.sources.procs import ProcScanner, parse_stat, run_id_from_environ
 
 
 def test_parse_stat_handles_spaces_and_parens_in_comm():

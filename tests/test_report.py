@@ -16,7 +16,7 @@ import requests
 from carbonwatch.equivalents import FACTORS
 from carbonwatch.errors import ConfigError, NetworkError
 from carbonwatch.promql import Prometheus
-from carbonwatch.report import collect, fmt_duration, fmt_energy, fmt_grams, render_table
+from carbonwatch.stack.report import collect, fmt_duration, fmt_energy, fmt_grams, render_table
 from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(

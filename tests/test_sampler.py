@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.model import EnergyReading, GpuProcessUse, GpuReading, SourceError
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.model import EnergyReading, GpuProcessUse, GpuReading, SourceError
+from carbonwatch.node.sampler import Sampler, Sources
+from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration
-from carbonwatch.sampler import Sampler, Sources
-from carbonwatch.sources.procs import ProcScanner
 from tests.fakeproc import FakeProc
 
 

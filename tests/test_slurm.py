@@ -17,11 +17,11 @@ import requests
 import yaml
 
 from carbonwatch import cli
-from carbonwatch.cgroups import parse_cgroup
-from carbonwatch.config import ExporterConfig, SlurmConfig, apply_mapping
 from carbonwatch.errors import ConfigError
-from carbonwatch.job import JobRow, fmt_elapsed, parse_fields, parse_job_ids, render
-from carbonwatch.slurm import cluster_name, job_of, raw_labels, run_id
+from carbonwatch.node.config import ExporterConfig, SlurmConfig, apply_mapping
+from carbonwatch.node.identity.cgroups import parse_cgroup
+from carbonwatch.node.identity.slurm import cluster_name, job_of, raw_labels, run_id
+from carbonwatch.stack.job import JobRow, fmt_elapsed, parse_fields, parse_job_ids, render
 from tests.fleetfakes import v1, v2
 from tests.support import free_port
 
@@ -224,7 +224,7 @@ def test_node_config_and_environment_file_are_what_the_exporter_accepts():
     env = dict(line.split("=", 1) for line in (DEPLOY / "systemd" / "carbonwatch-exporter.env").read_text().splitlines()
                if line and not line.startswith("#"))
     assert cluster_name(cfg.slurm, env) == env["SLURM_CLUSTER_NAME"]
-    from carbonwatch import exporter
+    from carbonwatch.node import exporter
 
     args = argparse.Namespace(**{a.dest: a.default for a in _exporter_parser(exporter)._actions if a.dest != "help"})
     env["CARBONWATCH_CONFIG_FILE"] = str(DEPLOY / "systemd" / "exporter.yml")  # installed at /etc/carbonwatch/

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.sources.cpumodel import (
+from carbonwatch.node.sources.cpumodel import (
     CCF_PER_VCPU,
     CpuPowerModel,
     load_fraction,

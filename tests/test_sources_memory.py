@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.model import SourceError
-from carbonwatch.sources.memory import MemoryPowerModel
+from carbonwatch.node.model import SourceError
+from carbonwatch.node.sources.memory import MemoryPowerModel
 
 
 def fake_meminfo(tmp_path: Path, mem_total_kb: int) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from carbonwatch import attribution
-from carbonwatch.model import FatalSourceError, GpuReading, SourceAbsent, SourceError
-from carbonwatch.sources.nvml import (
+from carbonwatch.node import attribution
+from carbonwatch.node.model import FatalSourceError, GpuReading, SourceAbsent, SourceError
+from carbonwatch.node.sources.nvml import (
     ENERGY_COUNTER,
     POWER_AVERAGE,
     POWER_INSTANT,
@@ -561,7 +561,7 @@ def test_outside_the_host_pid_namespace_processes_are_not_attributed(make: Make,
 
 def test_the_pid_namespace_is_detected_from_proc(make: Make, clock: FakeClock) -> None:
     """On this node (/proc of the exporter's own namespace), the detection decides."""
-    from carbonwatch.sources import pidns
+    from carbonwatch.node.sources import pidns
 
     make(1)
     source = NvmlSource(pynvml, clock=clock)

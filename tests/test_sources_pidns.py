@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.sources import pidns
+from carbonwatch.node.sources import pidns
 
 HOST_NS = pidns.PROC_PID_INIT_INO
 CONTAINER_NS = 4026532451

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from carbonwatch.model import SourceError
-from carbonwatch.sources.rapl import RaplReading, RaplSource
+from carbonwatch.node.model import SourceError
+from carbonwatch.node.sources.rapl import RaplReading, RaplSource
 from tests.fakes.powercap import FakePowercap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,8 +138,8 @@ def test_a_failed_read_loses_no_energy(tmp_path: Path) -> None:
 
 READER = """
 import sys
-from carbonwatch.model import SourceError
-from carbonwatch.sources.rapl import RaplSource
+from carbonwatch.node.model import SourceError
+from carbonwatch.node.sources.rapl import RaplSource
 try:
     r = RaplSource(sys.argv[1]).read()
 except SourceError as exc:

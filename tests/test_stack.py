@@ -22,8 +22,8 @@ import yaml
 from carbonwatch.client.settings import read_stack_file, resolve, write_stack_file
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.stack import StackState, remove_settings, render_alertmanager_config, write_settings
-from carbonwatch.stackconfig import SecureFiles, rule_files
+from carbonwatch.stack.config import SecureFiles, rule_files
+from carbonwatch.stack.launcher import StackState, remove_settings, render_alertmanager_config, write_settings
 from tests.support import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_a_service_that_dies_at_start_is_reported_and_the_rest_stopped(tmp_path:
 
 
 def _fake_stack(state: Path, port: int) -> StackState:
-    from carbonwatch.stack import Service
+    from carbonwatch.stack.launcher import Service
 
     state.mkdir(parents=True, exist_ok=True)
     st = StackState(str(state), str(ROOT), time.time())

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.stackconfig import (
+from carbonwatch.stack.config import (
     render_prometheus_config,
     render_rules,
     rule_files,
@@ -99,7 +99,7 @@ def test_secure_files_are_private_reused_and_load_as_web_configs(tmp_path: Path)
     import bcrypt
     from cryptography import x509
 
-    from carbonwatch.web import load_web_config
+    from carbonwatch.node.web import load_web_config
 
     files = write_secure_files(tmp_path / "secure")
     assert oct((tmp_path / "secure").stat().st_mode & 0o777) == "0o700"

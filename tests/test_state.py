@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from carbonwatch.state import CORRUPT, MISSING, RESTORED, UNREADABLE, StateStore, parse
+from carbonwatch.node.state import CORRUPT, MISSING, RESTORED, UNREADABLE, StateStore, parse
 
 
 def sample_state() -> dict:

@@ -1,4 +1,4 @@
-"""The exporter's HTTP side (carbonwatch.web): real servers on 127.0.0.1, real TLS handshakes with certificates
+"""The exporter's HTTP side (carbonwatch.node.web): real servers on 127.0.0.1, real TLS handshakes with certificates
 made here, bcrypt users, gzip, OpenMetrics, HEAD, routes, limits, reloads, and the `carbonwatch exporter`
 process with `--web.config.file`."""
 
@@ -31,10 +31,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from carbonwatch.collector import render_text
 from carbonwatch.errors import ConfigError
-from carbonwatch.stackconfig import issue_certificate, new_ca
-from carbonwatch.web import (
+from carbonwatch.node.collector import render_text
+from carbonwatch.node.web import (
     BasicAuth,
     RateLimiter,
     WebState,
@@ -45,6 +44,7 @@ from carbonwatch.web import (
     render_openmetrics,
     serve,
 )
+from carbonwatch.stack.config import issue_certificate, new_ca
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-pass"
@@ -607,7 +607,7 @@ def test_exporter_serves_tls_with_client_certificates_and_basic_auth(tmp_path: P
 
 def test_the_config_key_and_the_flag_name_the_web_config_file(tmp_path: Path, hashed: str) -> None:
     from carbonwatch.cli import build_parser
-    from carbonwatch.exporter import config_from_args
+    from carbonwatch.node.exporter import config_from_args
 
     def args(*argv: str) -> Any:
         full = ["exporter", *argv]

@@ -12,13 +12,13 @@ from carbonwatch.errors import CarbonwatchError
 
 # subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "exporter": ("carbonwatch.exporter", "serve this node's measured and attributed energy on /metrics"),
+    "exporter": ("carbonwatch.node.exporter", "serve this node's measured and attributed energy on /metrics"),
     "run": ("carbonwatch.client.cli", "track a training command: carbonwatch run [flags] -- CMD ..."),
     "runs": ("carbonwatch.client.runs_cli", "list runs recorded in local mode"),
-    "intensity": ("carbonwatch.intensity_cli", "print the grid carbon intensity of a zone and its source"),
-    "report": ("carbonwatch.report", "report a run's energy, emissions, cost and budget from Prometheus"),
-    "job": ("carbonwatch.job", "a SLURM job's energy, emissions and cost by job id, as sacct prints them"),
-    "stack": ("carbonwatch.stack", "start, stop or inspect the native Prometheus stack"),
+    "intensity": ("carbonwatch.intensity.cli", "print the grid carbon intensity of a zone and its source"),
+    "report": ("carbonwatch.stack.report", "report a run's energy, emissions, cost and budget from Prometheus"),
+    "job": ("carbonwatch.stack.job", "a SLURM job's energy, emissions and cost by job id, as sacct prints them"),
+    "stack": ("carbonwatch.stack.launcher", "start, stop or inspect the native Prometheus stack"),
     "budgets": ("carbonwatch.budgets", "render alerting/budgets.yml into Prometheus rules"),
 }
 

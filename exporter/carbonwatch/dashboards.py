@@ -544,10 +544,12 @@ def run() -> Dashboard:
                         "Run",
                         "table",
                         NONE,
-                        "Who ran it, which model and project (kept after the run ends).",
+                        "Who ran it, which model and project, and where those labels came from (`origin`: the "
+                        "run client, or what the node knew: env, registration, parent, kubernetes, slurm).",
                         [
                             Target(
-                                f"max by (run_id, user, project, model, team) ({RUN_INFO}{{{r}}})",
+                                f"max by (run_id, user, project, model, team, origin) "
+                                f"(last_over_time({RUN_INFO}{{{r}}}[$__range]))",
                                 instant=True,
                                 fmt="table",
                             )
@@ -581,8 +583,10 @@ def run() -> Dashboard:
                         "Energy",
                         "stat",
                         JOULE,
-                        "Energy of the run so far, all nodes and components (3.6 MJ = 1 kWh).",
-                        [Target(f"run_id:carbonwatch_energy_joules:total{{{r}}}")],
+                        "Energy of the run so far, all nodes and components (3.6 MJ = 1 kWh): the largest total "
+                        "in the time range (a total only grows; kept after the run ends).",
+                        [Target(f"max_over_time(run_id:carbonwatch_energy_joules:total{{{r}}}[$__range])",
+                                instant=True)],
                         w=4,
                         h=5,
                     ),
@@ -590,8 +594,10 @@ def run() -> Dashboard:
                         "CO2e",
                         "stat",
                         GRAMS,
-                        "CO2e of the run so far: each energy step times its zone's intensity.",
-                        [Target(f"run_id:carbonwatch_emissions_grams:total{{{r}}}")],
+                        "CO2e of the run so far, from the exporters' counters: each sample's energy at its "
+                        "zone's intensity at that moment.",
+                        [Target(f"max_over_time(run_id:carbonwatch_emissions_grams:total{{{r}}}[$__range])",
+                                instant=True)],
                         w=4,
                         h=5,
                     ),
@@ -618,8 +624,10 @@ def run() -> Dashboard:
                         "Cost",
                         "stat",
                         NONE,
-                        "Electricity cost of the run so far, in the zone's currency.",
-                        [Target(f"run_id:carbonwatch_cost:total{{{r}}}", "{{currency}}")],
+                        "Electricity cost of the run so far (its energy at each node's price), in the zone's "
+                        "currency.",
+                        [Target(f"max_over_time(run_id:carbonwatch_cost:total{{{r}}}[$__range])", "{{currency}}",
+                                instant=True)],
                         w=4,
                         h=5,
                         options={"textMode": "value_and_name"},

@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from carbonwatch.config import DEFAULT_SPOOL_DIR
 from carbonwatch.errors import ConfigError
+from carbonwatch.node.config import DEFAULT_SPOOL_DIR
+from carbonwatch.node.sources.procs import Stat, parse_stat
 from carbonwatch.runid import RUN_ID_RE, validate_run_id
-from carbonwatch.sources.procs import Stat, parse_stat
 
 __all__ = ["RUN_ID_RE", "Registration", "RegistrationReader", "register", "unregister", "validate_run_id"]
 

@@ -51,11 +51,11 @@ from carbonwatch.client.summary import (
 )
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity import check_zone
-from carbonwatch.model import IntensityInUse
+from carbonwatch.intensity.providers import check_zone
+from carbonwatch.node.model import IntensityInUse
 
 if TYPE_CHECKING:
-    from carbonwatch.intensity_feed import IntensityFeed
+    from carbonwatch.intensity.feed import IntensityFeed
 from carbonwatch.promql import Prometheus
 
 log = logging.getLogger("carbonwatch.client")
@@ -251,7 +251,7 @@ class Run:
 
     def _start_meter(self) -> None:
         try:
-            from carbonwatch.local_meter import LocalMeter
+            from carbonwatch.client.local_meter import LocalMeter
 
             self.meter = LocalMeter(self.run_id, self.root_pid, interval=self.settings.meter_interval,
                                     intensity=self._intensity_in_use)
@@ -436,8 +436,8 @@ class Run:
         """What the local meter prices each sample at: the zone's intensity, refreshed in the background (never
         on the training thread) when a live provider is configured."""
         if self._feed is None:
-            from carbonwatch.intensity import provider_from_config
-            from carbonwatch.intensity_feed import IntensityFeed
+            from carbonwatch.intensity.feed import IntensityFeed
+            from carbonwatch.intensity.providers import provider_from_config
 
             self._feed = IntensityFeed([self.settings.zone], provider_from_config(self.settings.intensity or None))
             self._feed.start(self._stop_budget)
@@ -608,7 +608,7 @@ def wait_below(
     """Wait until the zone's grid intensity is below `grams_per_kwh`, at most `max_wait` seconds.
     Returns (below, last intensity, its source); never raises for an unreachable provider."""
     from carbonwatch.client.settings import resolve as _resolve
-    from carbonwatch.intensity import provider_from_config
+    from carbonwatch.intensity.providers import provider_from_config
 
     s = _resolve({"zone": zone})
     cfg = intensity_cfg if intensity_cfg is not None else s.intensity

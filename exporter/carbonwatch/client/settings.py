@@ -100,7 +100,7 @@ def hostname() -> str:
 def _load_config(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from carbonwatch.config import load_file
+    from carbonwatch.node.config import load_file
 
     return load_file(path)
 
@@ -121,7 +121,7 @@ def _apply(s: RunSettings, key: str, value: Any, what: str) -> None:
             raise ConfigError(f"{what}: expected a number >= 0, got {value!r}")
         s.price_per_kwh = float(value)
     elif key == "zone":
-        from carbonwatch.config import validate_zone
+        from carbonwatch.node.config import validate_zone
 
         s.zone = validate_zone(value, what)
     elif key in ("pushgateway", "prometheus"):

@@ -56,7 +56,7 @@ def budget_exceeded_message(run_id: str, grams: float, budget_grams: float) -> s
 def intensity_for(zone: str, intensity_cfg: dict[str, Any] | None) -> tuple[float, str]:
     """(g/kWh, source) for `zone` from the shared intensity providers; the world average if that fails."""
     try:
-        from carbonwatch.intensity import provider_from_config
+        from carbonwatch.intensity.providers import provider_from_config
 
         reading = provider_from_config(intensity_cfg or None).current(zone)
         return float(reading.grams_per_kwh), str(reading.source)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import TypeVar
 
-from carbonwatch.model import GpuProcessUse
+from carbonwatch.node.model import GpuProcessUse
 
 K = TypeVar("K", bound=Hashable)
 

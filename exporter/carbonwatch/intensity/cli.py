@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from carbonwatch import yamlfile
-from carbonwatch.intensity import (
+from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
     WORLD_SOURCE,
     bundled_table,

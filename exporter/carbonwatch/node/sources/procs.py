@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from carbonwatch.model import CpuTimes, ProcessReading, SourceError
+from carbonwatch.node.model import CpuTimes, ProcessReading, SourceError
 from carbonwatch.runid import RUN_ID_RE
 
 RUN_ENV = b"CARBONWATCH_RUN_ID="

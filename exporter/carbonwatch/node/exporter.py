@@ -14,9 +14,15 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 
-from carbonwatch import __version__, web
-from carbonwatch.collector import SnapshotCollector, render_text
-from carbonwatch.config import (
+from carbonwatch import __version__
+from carbonwatch.durations import parse_duration
+from carbonwatch.errors import ConfigError
+from carbonwatch.intensity.collector import IntensityCollector
+from carbonwatch.intensity.feed import FEED_PATH, IntensityFeed, feed_from_config
+from carbonwatch.intensity.providers import settings_from_config
+from carbonwatch.node import web
+from carbonwatch.node.collector import SnapshotCollector, render_text
+from carbonwatch.node.config import (
     COLLECTORS,
     ExporterConfig,
     apply_mapping,
@@ -25,19 +31,14 @@ from carbonwatch.config import (
     validate,
     validate_zone,
 )
-from carbonwatch.durations import parse_duration
-from carbonwatch.errors import ConfigError
-from carbonwatch.identity import IdentityResolver, build_resolver
-from carbonwatch.intensity import settings_from_config
-from carbonwatch.intensity_collector import IntensityCollector
-from carbonwatch.intensity_feed import FEED_PATH, IntensityFeed, feed_from_config
-from carbonwatch.model import FatalSourceError
+from carbonwatch.node.identity import IdentityResolver, build_resolver
+from carbonwatch.node.model import FatalSourceError
+from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.state import StateStore
+from carbonwatch.node.web import Landing, Route, WebServer, load_web_config
 from carbonwatch.registration import HEARTBEAT
-from carbonwatch.sampler import Sampler, Sources, build_sources
-from carbonwatch.state import StateStore
-from carbonwatch.web import Landing, Route, WebServer, load_web_config
 
-log = logging.getLogger("carbonwatch.exporter")
+log = logging.getLogger("carbonwatch.node.exporter")
 
 ENV_PREFIX = "CARBONWATCH_"
 
@@ -247,7 +248,7 @@ def serve(
     what: str = "--web.config.file",
 ) -> WebServer:
     """Serve /metrics from `registry` (plus `routes` and the landing page) in a daemon thread, with the web
-    configuration's TLS and basic auth. A scrape only formats the latest snapshot (carbonwatch.web)."""
+    configuration's TLS and basic auth. A scrape only formats the latest snapshot (carbonwatch.node.web)."""
     landing = Landing(
         version=__version__,
         links=(("/metrics", "Metrics"),) + tuple((path, path) for path in (routes or {})),

@@ -27,16 +27,16 @@ from typing import Any
 
 import requests
 
-from carbonwatch.intensity import (
+from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
     IntensityProvider,
     IntensityReading,
     TableProvider,
     normalise_zone,
 )
-from carbonwatch.model import IntensityInUse
+from carbonwatch.node.model import IntensityInUse
 
-log = logging.getLogger("carbonwatch.intensity")
+log = logging.getLogger("carbonwatch.intensity.providers")
 
 FEED_PATH = "/intensity"
 FEED_PREFIX = "feed:"
@@ -226,7 +226,7 @@ def feed_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = None
     """The feed for the exporter's `intensity` section: the node's zone first, then `intensity.zones`."""
     from carbonwatch.durations import parse_duration
     from carbonwatch.errors import ConfigError
-    from carbonwatch.intensity import intensity_section, provider_from_config, settings_from_config
+    from carbonwatch.intensity.providers import intensity_section, provider_from_config, settings_from_config
 
     section = intensity_section({"intensity": dict(cfg or {}), "zone": node_zone} if node_zone else cfg)
     settings = settings_from_config(section, node_zone)

@@ -1,6 +1,6 @@
 """One meter per component: each turns its source's reading into the device energy of one sample interval
-and splits it among processes (carbonwatch.attribution). Meters keep only their own baselines (the previous
-hardware counter or power reading); the counters that accumulate live in carbonwatch.counters.
+and splits it among processes (carbonwatch.node.attribution). Meters keep only their own baselines (the previous
+hardware counter or power reading); the counters that accumulate live in carbonwatch.node.counters.
 
 Every meter returns a `Measured`: the devices' interval energy, the parts per process, what went to
 pid="other" (busy time of processes not read individually) and the unattributed rest, so that
@@ -14,9 +14,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from carbonwatch import attribution
-from carbonwatch.config import ExporterConfig
-from carbonwatch.model import (
+from carbonwatch.node import attribution
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.model import (
     SOURCE_MODEL,
     SOURCE_NVML_COUNTER,
     SOURCE_NVML_POWER,
@@ -36,7 +36,7 @@ ProcKey = tuple[int, float]  # (pid, start time): a process identity that surviv
 
 
 class GpuSource(Protocol):
-    """carbonwatch.sources.nvml.NvmlSource; `last_errors` names per-GPU problems of the last read."""
+    """carbonwatch.node.sources.nvml.NvmlSource; `last_errors` names per-GPU problems of the last read."""
 
     last_errors: list[str]
 

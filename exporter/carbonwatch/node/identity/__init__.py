@@ -33,15 +33,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from carbonwatch import slurm
-from carbonwatch.cgroups import CgroupInfo, parse_cgroup
-from carbonwatch.config import ExporterConfig, KubernetesConfig
-from carbonwatch.kubelet import KubeletClient, PodCache, PodCacheStats, PodInfo, k8s_run_id, kubelet_settings
-from carbonwatch.model import ProcessReading
+from carbonwatch.node.config import ExporterConfig, KubernetesConfig
+from carbonwatch.node.identity import slurm
+from carbonwatch.node.identity.cgroups import CgroupInfo, parse_cgroup
+from carbonwatch.node.identity.kubelet import (
+    KubeletClient,
+    PodCache,
+    PodCacheStats,
+    PodInfo,
+    k8s_run_id,
+    kubelet_settings,
+)
+from carbonwatch.node.model import ProcessReading
 from carbonwatch.registration import Registration
 from carbonwatch.runid import RUN_ID_RE
 
-log = logging.getLogger("carbonwatch.identity")
+log = logging.getLogger("carbonwatch.node.identity")
 
 LABELS = ("user", "project", "model", "team")
 ENV_LABELS = {"user": "CARBONWATCH_USER", "project": "CARBONWATCH_PROJECT", "model": "CARBONWATCH_MODEL",

@@ -63,8 +63,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from carbonwatch.model import FatalSourceError, GpuProcessUse, GpuReading, SourceAbsent, SourceError
-from carbonwatch.sources import pidns
+from carbonwatch.node.model import FatalSourceError, GpuProcessUse, GpuReading, SourceAbsent, SourceError
+from carbonwatch.node.sources import pidns
 
 log = logging.getLogger("carbonwatch.nvml")
 
@@ -274,7 +274,7 @@ class NvmlSource:
         self._drop_session()
 
     def host_pids(self) -> bool:
-        """Whether pids from NVML can be looked up in `proc_root` (see `carbonwatch.sources.pidns`)."""
+        """Whether pids from NVML can be looked up in `proc_root` (see `carbonwatch.node.sources.pidns`)."""
         if self._host_pids is None:
             view = pidns.detect(self.proc_root)
             self._host_pids = view.host_pids

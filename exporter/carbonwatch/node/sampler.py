@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.counters import Counters, grams_per_joule
-from carbonwatch.identity import ContainerRef, IdentityResolver, ProcessIdentity, Resolver
-from carbonwatch.meters import (
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.counters import Counters, grams_per_joule
+from carbonwatch.node.identity import ContainerRef, IdentityResolver, ProcessIdentity, Resolver
+from carbonwatch.node.meters import (
     CpuMeter,
     CpuModel,
     DeviceDelta,
@@ -36,7 +36,7 @@ from carbonwatch.meters import (
     RaplReadingLike,
     weakest,
 )
-from carbonwatch.model import (
+from carbonwatch.node.model import (
     SOURCE_NVML_COUNTER,
     CollectorStatus,
     CpuTimes,
@@ -50,11 +50,11 @@ from carbonwatch.model import (
     SourceAbsent,
     SourceError,
 )
+from carbonwatch.node.sources.memory import read_mem_total_bytes
+from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration, RegistrationReader
-from carbonwatch.sources.memory import read_mem_total_bytes
-from carbonwatch.sources.procs import ProcScanner
 
-log = logging.getLogger("carbonwatch.sampler")
+log = logging.getLogger("carbonwatch.node.sampler")
 
 OTHER = "other"
 T = TypeVar("T")
@@ -87,9 +87,9 @@ def _import_nvml(dotted: str) -> ModuleType:
 
 def build_sources(cfg: ExporterConfig) -> Sources:
     """Sources for a config. Never raises for a missing device: the sampler reports it per collector."""
-    from carbonwatch.sources.cpumodel import CpuPowerModel
-    from carbonwatch.sources.memory import MemoryPowerModel
-    from carbonwatch.sources.rapl import RaplSource
+    from carbonwatch.node.sources.cpumodel import CpuPowerModel
+    from carbonwatch.node.sources.memory import MemoryPowerModel
+    from carbonwatch.node.sources.rapl import RaplSource
 
     s = Sources()
     on = cfg.collectors
@@ -100,7 +100,7 @@ def build_sources(cfg: ExporterConfig) -> Sources:
             cfg.process.spool_dir, cfg.process.proc_root, cfg.process.max_registrations
         )
     if on.get("gpu", True):
-        from carbonwatch.sources.nvml import NvmlSource
+        from carbonwatch.node.sources.nvml import NvmlSource
 
         module: ModuleType | None = None
         if cfg.gpu.nvml_module != "pynvml":
@@ -164,9 +164,9 @@ def _list_pids(proc_root: str) -> set[int]:
 
 
 class Sampler:
-    """One sample: read the sources, let each component's meter (carbonwatch.meters) turn its reading into
+    """One sample: read the sources, let each component's meter (carbonwatch.node.meters) turn its reading into
     the interval's device energy split among processes, add it to the process, run, container and node
-    counters (carbonwatch.counters) priced at the zone's intensity of the moment, and publish an immutable
+    counters (carbonwatch.node.counters) priced at the zone's intensity of the moment, and publish an immutable
     `Snapshot`. Which processes are read is decided here: every process at a full scan (every
     `process.scan_interval`), in between the run, top-N and GPU processes, children of run processes,
     registered processes and every process that is new since the previous sample."""
@@ -567,12 +567,12 @@ class Sampler:
     # -- durable counters -------------------------------------------------------------------------
 
     def export_state(self) -> dict[str, Any]:
-        """The counters that must survive a restart, as plain JSON-able data (see carbonwatch.state)."""
+        """The counters that must survive a restart, as plain JSON-able data (see carbonwatch.node.state)."""
         with self._lock:
             return self.counters.export(self.clock(), self.wall())
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
-        """Continue every counter from `state` (as written by `export_state`, validated by carbonwatch.state)."""
+        """Continue every counter from `state` (as written by `export_state`, validated by carbonwatch.node.state)."""
         with self._lock:
             self._components |= self.counters.restore(state, self.clock(), self.wall(), self.cfg.process.run_linger)
 

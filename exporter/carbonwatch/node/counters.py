@@ -1,7 +1,7 @@
 """The exporter's monotonic counters: device, node, unattributed, run and container energy and emissions.
 
 They only ever grow while the exporter serves; `export()` and `restore()` carry them across restarts through
-carbonwatch.state. Emissions are added per sample as dE x I(t) / 3.6e6 with the intensity of that sample, so
+carbonwatch.node.state. Emissions are added per sample as dE x I(t) / 3.6e6 with the intensity of that sample, so
 no later intensity change re-prices what was already emitted.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from carbonwatch.contracts import JOULES_PER_KWH
-from carbonwatch.identity import ContainerRef, RunIdentity
-from carbonwatch.model import ContainerState, RunState
+from carbonwatch.node.identity import ContainerRef, RunIdentity
+from carbonwatch.node.model import ContainerState, RunState
 
 
 def grams_per_joule(grams_per_kwh: float) -> float:
@@ -114,7 +114,7 @@ class Counters:
         }
 
     def restore(self, state: Mapping[str, Any], now: float, wall: float, linger: float) -> set[str]:
-        """Continue from `state` (validated by carbonwatch.state.parse). Runs and containers whose linger ran
+        """Continue from `state` (validated by carbonwatch.node.state.parse). Runs and containers whose linger ran
         out while the exporter was down are not brought back. Returns the components restored."""
         components: set[str] = set()
         for comp, key, source, value in state.get("devices", []):

@@ -101,7 +101,7 @@ class SlurmConfig:
 @dataclass
 class ExporterConfig:
     listen_address: str = ":9860"
-    web_config_file: str = ""  # exporter-toolkit web configuration (TLS, basic auth); see carbonwatch.web
+    web_config_file: str = ""  # exporter-toolkit web configuration (TLS, basic auth); see carbonwatch.node.web
     sample_interval: float = 1.0
     zone: str = "world"
     collectors: dict[str, bool] = field(default_factory=lambda: {c: True for c in COLLECTORS})
@@ -110,7 +110,7 @@ class ExporterConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    intensity: dict[str, Any] = field(default_factory=dict)  # validated by carbonwatch.intensity
+    intensity: dict[str, Any] = field(default_factory=dict)  # validated by carbonwatch.intensity.providers
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 

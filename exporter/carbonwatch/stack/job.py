@@ -25,12 +25,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from carbonwatch.config import SLURM_CLUSTER_RE
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
+from carbonwatch.node.config import SLURM_CLUSTER_RE
 from carbonwatch.promql import Prometheus
-from carbonwatch.report import DEFAULT_PROMETHEUS
+from carbonwatch.stack.report import DEFAULT_PROMETHEUS
 
 JOB_RE = re.compile(r"^\d{1,20}$")
 FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Team", "Start", "End", "Elapsed", "EnergyKWh",

@@ -14,7 +14,7 @@ import math
 import os
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.model import SourceError
+from carbonwatch.node.model import SourceError
 
 CCF_WATTS_PER_GB = 0.392
 GIB = 1 << 30

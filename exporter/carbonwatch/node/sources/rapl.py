@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from carbonwatch.model import SOURCE_RAPL, EnergyReading, SourceError
+from carbonwatch.node.model import SOURCE_RAPL, EnergyReading, SourceError
 
 DEFAULT_ROOT = "/sys/class/powercap"
 

@@ -1,4 +1,4 @@
-"""`make demo` (python -m carbonwatch.demo): the stack, one small training run over its carbon budget, its report.
+"""`make demo` (python -m carbonwatch.stack.demo): the stack, one small training run over its carbon budget, its report.
 
 1. starts the native stack (`carbonwatch stack up`, short intervals so the demo takes a couple of minutes)
    unless one already runs from the state directory;
@@ -23,13 +23,14 @@ from pathlib import Path
 
 import requests
 
-from carbonwatch import report, stack
 from carbonwatch.errors import CarbonwatchError
 from carbonwatch.promql import Prometheus
+from carbonwatch.stack import launcher as stack
+from carbonwatch.stack import report
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m carbonwatch.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m carbonwatch.stack.demo", description=__doc__.splitlines()[0])
     p.add_argument("--state-dir", default=stack.default_state_dir(), help="the stack's state directory")
     p.add_argument("--budget-grams", type=float, default=0.001, help="the run's carbon budget (tiny: it is exceeded)")
     p.add_argument("--epochs", type=int, default=8)

@@ -4,7 +4,7 @@ It runs the exporter's own sampler (same sources, same attribution) in a backgro
 tree's root registered as the run, and exposes the run's totals.
 
 GPU energy in containers. NVML names GPU processes by their host pids; a training process in a container
-has its own PID namespace. The meter looks at its namespace first (`carbonwatch.sources.pidns`) and says
+has its own PID namespace. The meter looks at its namespace first (`carbonwatch.node.sources.pidns`) and says
 which of three ways its GPU energy is attributed (`gpu_attribution`, also logged):
 
 * `host`: same namespace as the host; NVML's pids are the run's pids.
@@ -24,14 +24,14 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 
-from carbonwatch.config import ExporterConfig
-from carbonwatch.meters import GpuSource
-from carbonwatch.model import GpuProcessUse, GpuReading, IntensityInUse, RunState
+from carbonwatch.node.config import ExporterConfig
+from carbonwatch.node.meters import GpuSource
+from carbonwatch.node.model import GpuProcessUse, GpuReading, IntensityInUse, RunState
+from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.sources import pidns
 from carbonwatch.registration import Registration, process_start_time
-from carbonwatch.sampler import Sampler, Sources, build_sources
-from carbonwatch.sources import pidns
 
-log = logging.getLogger("carbonwatch.local_meter")
+log = logging.getLogger("carbonwatch.client.local_meter")
 
 
 def visible_devices(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
@@ -76,7 +76,7 @@ class VisibleGpus:
         self.pid = pid
         self.visible = visible
         self.last_errors: list[str] = []
-        from carbonwatch.sources.nvml import NvmlSource
+        from carbonwatch.node.sources.nvml import NvmlSource
 
         if isinstance(inner, NvmlSource):
             inner.read_processes = False  # NVML's host pids mean nothing here: do not pay for the calls

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("carbonwatch.state")
+log = logging.getLogger("carbonwatch.node.state")
 
 FORMAT = "carbonwatch-state"
 VERSION = 1

@@ -1,7 +1,7 @@
 """`carbonwatch stack up|down|status`: the Prometheus stack from local binaries, without Docker.
 
 It runs the same configuration files as docker-compose.yml: prometheus/prometheus.yml and the rules are
-rendered for local targets (and, for tests, short intervals) by carbonwatch.stackconfig into the state
+rendered for local targets (and, for tests, short intervals) by carbonwatch.stack.config into the state
 directory; alerting/alertmanager.yml is copied there with its template paths made absolute (and, with
 --webhook-url, every receiver pointed at that URL). Processes run detached (their own session), with their
 pid, log and data in the state directory, so `up` returns and `down` finds them again.
@@ -10,7 +10,7 @@ pid, log and data in the state directory, so `up` returns and `down` finds them 
 later `carbonwatch run` and `carbonwatch.run(...)` of the same user report to this stack's Pushgateway and
 Prometheus; `down` removes it. With --secure the exporter and the Pushgateway serve TLS with basic auth (the
 exporter also wants Prometheus' client certificate), from files generated into the state directory
-(carbonwatch.stackconfig.write_secure_files); Prometheus scrapes them with the matching settings and the
+(carbonwatch.stack.config.write_secure_files); Prometheus scrapes them with the matching settings and the
 settings file carries what the run clients need. `carbonwatch stack secure --compose` writes the same files
 for deploy/docker-compose.secure.yml.
 """
@@ -104,7 +104,7 @@ class StackState:
     def secure_files(self) -> Any:
         if not self.secure_dir:
             return None
-        from carbonwatch.stackconfig import SecureFiles
+        from carbonwatch.stack.config import SecureFiles
 
         return SecureFiles(Path(self.secure_dir))
 
@@ -134,7 +134,7 @@ class StackState:
 def repo_root_default() -> Path:
     """The checkout this package runs from (editable install), or CARBONWATCH_REPO_ROOT."""
     env = os.environ.get("CARBONWATCH_REPO_ROOT")
-    return Path(env) if env else Path(__file__).resolve().parents[2]
+    return Path(env) if env else Path(__file__).resolve().parents[3]
 
 
 def find_binary(service: str, path: str | None = None) -> str | None:
@@ -249,10 +249,10 @@ def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict
                   secure: Any = None) -> dict[str, Path]:  # fmt: skip
     """Render every config the binaries read into `state`/config; returns their paths by service."""
     try:
-        from carbonwatch import stackconfig
+        from carbonwatch.stack import config as stackconfig
     except ImportError:
         raise ConfigError(
-            "carbonwatch.stackconfig is missing from this installation (it renders prometheus.yml and the rules "
+            "carbonwatch.stack.config is missing from this installation (it renders prometheus.yml and the rules "
             "for local targets); update carbonwatch"
         ) from None
     cfg = state / "config"
@@ -318,7 +318,7 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
         )
     secure = None
     if getattr(args, "secure", False):
-        from carbonwatch.stackconfig import write_secure_files
+        from carbonwatch.stack.config import write_secure_files
 
         secure = write_secure_files(state / SECURE_DIR)
     configs = write_configs(args, root, state, ports, secure)
@@ -743,7 +743,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def secure(args: argparse.Namespace) -> int:
     """`stack secure`: the files of a secure stack, for compose (or to inspect them)."""
-    from carbonwatch import stackconfig
+    from carbonwatch.stack import config as stackconfig
 
     dest = Path(args.dir).resolve()
     hosts = list(stackconfig.DEFAULT_HOSTS) + (list(stackconfig.COMPOSE_HOSTS) if args.compose else []) + args.host

@@ -59,7 +59,7 @@ from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 
-log = logging.getLogger("carbonwatch.web")
+log = logging.getLogger("carbonwatch.node.web")
 
 # An extra GET route: `() -> (body, content type)`, or `(query) -> (status, body, content type)` where query is
 # urllib.parse.parse_qs of the request's query string.
@@ -620,7 +620,7 @@ def render_metrics(collectors: Iterable[Collector], accept: str | None,
         return encoder(_Many(collectors)), ctype
     if ctype == CONTENT_TYPE_PLAIN_0_0_4:
         if text_renderer is None:
-            from carbonwatch.collector import render_text
+            from carbonwatch.node.collector import render_text
 
             text_renderer = render_text
         return text_renderer(collectors), ctype

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
-from carbonwatch.config import KubernetesConfig
 from carbonwatch.errors import ConfigError
+from carbonwatch.node.config import KubernetesConfig
 from carbonwatch.runid import RUN_ID_RE
 
-log = logging.getLogger("carbonwatch.kubelet")
+log = logging.getLogger("carbonwatch.node.identity.kubelet")
 
 MAX_BODY_BYTES = 64 << 20  # a node's pod list: about 10 kB a pod, 110 pods by default
 MIN_WAKE_GAP = 2.0  # seconds between refreshes asked for by processes of pods not in the list yet

@@ -2,7 +2,7 @@
 
 Every node publishes the value for its own zone. For live data, one instance per fleet is configured with a
 live provider and the list of zones, and serves them to the other nodes (`intensity.feed_url`, see
-carbonwatch.intensity_feed) and to Prometheus. A scrape only reads the feed's cache: it never waits on a
+carbonwatch.intensity.feed) and to Prometheus. A scrape only reads the feed's cache: it never waits on a
 provider, and the refresh's health is served beside the values.
 """
 
@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from carbonwatch.contracts import INTENSITY_BY_NAME
-from carbonwatch.intensity import normalise_zone
-from carbonwatch.intensity_feed import IntensityFeed
+from carbonwatch.intensity.feed import IntensityFeed
+from carbonwatch.intensity.providers import normalise_zone
 
 
 class IntensityCollector(Collector):

@@ -3,7 +3,7 @@
 The cgroup (`/slurm/uid_N/job_M/...`, or `.../slurmstepd.scope/job_M/...` on cgroup v2) is set by slurmd and
 cannot be changed by the job, so it wins over the environment, which the job's owner controls. Labels: user
 from SLURM_JOB_USER or the job's uid, project from SLURM_JOB_ACCOUNT, model from SLURM_JOB_NAME (the run's own
-CARBONWATCH_MODEL, when set, wins; see carbonwatch.identity).
+CARBONWATCH_MODEL, when set, wins; see carbonwatch.node.identity).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 import re
 from collections.abc import Mapping
 
-from carbonwatch.cgroups import CgroupInfo
-from carbonwatch.config import SLURM_CLUSTER_RE, SlurmConfig
 from carbonwatch.errors import ConfigError
+from carbonwatch.node.config import SLURM_CLUSTER_RE, SlurmConfig
+from carbonwatch.node.identity.cgroups import CgroupInfo
 
 JOB_ID_RE = re.compile(r"^\d{1,20}$")
 DEFAULT_CLUSTER = "default"
@@ -48,7 +48,7 @@ def job_of(environ: Mapping[str, str], cg: CgroupInfo) -> tuple[str, int | None]
 
 
 def raw_labels(environ: Mapping[str, str]) -> dict[str, str]:
-    """user / project / model from a job step's environment, unvalidated (carbonwatch.identity cleans them)."""
+    """user / project / model from a job step's environment, unvalidated (carbonwatch.node.identity cleans them)."""
     out: dict[str, str] = {}
     for label, var in (("user", "SLURM_JOB_USER"), ("project", "SLURM_JOB_ACCOUNT"), ("model", "SLURM_JOB_NAME")):
         if environ.get(var):

@@ -10,8 +10,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as _float_to_go_string
 
 from carbonwatch.contracts import BY_NAME, COMPONENTS, RUN_LABELS
-from carbonwatch.identity import IdentityStats
-from carbonwatch.model import CollectorStatus, Snapshot
+from carbonwatch.node.identity import IdentityStats
+from carbonwatch.node.model import CollectorStatus, Snapshot
 
 
 def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
