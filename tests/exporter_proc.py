@@ -12,6 +12,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from tests.support import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 _LISTEN = re.compile(r"listening on (http://\S+/metrics)")
 
@@ -31,14 +33,7 @@ class Exporter:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def start_exporter(tmp: Path, config: dict, env: dict[str, str] | None = None, args: tuple[str, ...] = (),

@@ -57,24 +57,47 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 class Prometheus:
-    """A real Prometheus on 127.0.0.1 scraping `targets` (job -> host:port list) every `interval`, with the
-    repository's rules rendered for that interval (carbonwatch.stack.config)."""
+    """A real Prometheus on 127.0.0.1. `Prometheus(tmp, targets)` scrapes `targets` (job -> host:port list)
+    every `interval` with the repository's rules rendered for that interval (carbonwatch.stack.config);
+    `Prometheus.serving(tmp, tsdb)` only serves an existing TSDB (e.g. blocks made with promtool)."""
 
     def __init__(self, tmp: Path, targets: Mapping[str, Sequence[str]], interval: str = "1s",
                  alertmanagers: Sequence[str] = ()) -> None:
         from carbonwatch.stack.config import render_prometheus_config, render_rules
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         rules_dir = tmp / "rules"
         render_rules(REPO, rules_dir, interval)
         (tmp / "prometheus.yml").write_text(render_prometheus_config(
             REPO, {k: list(v) for k, v in targets.items()}, list(alertmanagers), interval, interval, rules_dir))
+        self._start(tmp, tmp / "tsdb")
+
+    @classmethod
+    def serving(cls, tmp: Path, tsdb: Path) -> Prometheus:
+        self = cls.__new__(cls)
+        (tmp / "prometheus.yml").write_text("global: {}\n")
+        self._start(tmp, tsdb)
+        return self
+
+    def _start(self, tmp: Path, tsdb: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "prometheus.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tsdb}",
                  f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
         try:
             eventually(lambda: self.proc.poll() is None and http_ok(self.url + "/-/ready"), 60, "prometheus ready")
@@ -89,10 +112,4 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

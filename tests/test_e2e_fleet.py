@@ -25,10 +25,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from carbonwatch import cli
-from carbonwatch.stack.config import render_prometheus_config, render_rules
 from tests.exporter_proc import start_exporter
 from tests.fleetfakes import FakeKubelet, k8s_path, pod, v1, v2
-from tests.support import eventually, free_port
+from tests.support import Prometheus, eventually
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,7 +73,7 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
     kubelet = FakeKubelet(tmp_path, tls=True)
     token = tmp_path / "token"
     token.write_text(kubelet.token)
-    prom_proc: subprocess.Popen[bytes] | None = None
+    prom: Prometheus | None = None
     exp = None
     try:
         mirror = MirrorProc(tmp_path / "proc")
@@ -99,39 +98,19 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
                            "ca_file": kubelet.ca_file, "refresh_interval": "1s"},
             "slurm": {"enabled": True, "cluster": "hpc1"},
         })
-        port = free_port()
-        rules = tmp_path / "rules"
-        render_rules(REPO, rules, "1s")
         target = exp.url.split("//", 1)[1].split("/", 1)[0]
-        (tmp_path / "prometheus.yml").write_text(render_prometheus_config(
-            REPO, {"carbonwatch": [target]}, [], "1s", "1s", rules))
-        log = open(tmp_path / "prometheus.log", "wb")
-        prom_proc = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        eventually(lambda: _ready(url), 60, "prometheus ready")
+        prom = Prometheus(tmp_path, {"carbonwatch": [target]})
+        url = prom.url
         yield {"exporter": exp, "prometheus": url, "pod": pod_p.pid, "job": job_p.pid, "kubelet": kubelet}
     finally:
-        if prom_proc is not None:
-            prom_proc.terminate()
-            try:
-                prom_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prom_proc.kill()
+        if prom is not None:
+            prom.stop()
         if exp is not None:
             exp.stop()
         for p in procs:
             p.kill()
             p.wait()
         kubelet.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(url + "/-/ready", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:

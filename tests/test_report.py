@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from carbonwatch.equivalents import FACTORS
 from carbonwatch.errors import ConfigError, NetworkError
 from carbonwatch.promql import Prometheus
 from carbonwatch.stack.report import collect, fmt_duration, fmt_energy, fmt_grams, render_table
+from tests import support
 from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -102,40 +102,11 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         capture_output=True,
         timeout=120,
     )
-    (d / "prometheus.yml").write_text("global: {}\n")
-    port = free_port()
-    log = open(d / "prometheus.log", "wb")
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={d / 'prometheus.yml'}",
-            f"--storage.tsdb.path={d / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    prom = support.Prometheus.serving(d, d / "data")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, (d / "prometheus.log").read_text()
-            assert time.monotonic() < deadline, "prometheus not ready"
-            time.sleep(0.2)
-        yield url
+        yield prom.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        prom.stop()
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from carbonwatch import cli
@@ -22,8 +21,8 @@ from carbonwatch.node.config import ExporterConfig, SlurmConfig, apply_mapping
 from carbonwatch.node.identity.cgroups import parse_cgroup
 from carbonwatch.node.identity.slurm import cluster_name, job_of, raw_labels, run_id
 from carbonwatch.stack.job import JobRow, fmt_elapsed, parse_fields, parse_job_ids, render
+from tests import support
 from tests.fleetfakes import v1, v2
-from tests.support import free_port
 
 # -- jobs and clusters ----------------------------------------------------------------------------------------
 
@@ -142,33 +141,11 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (d / "series.om").write_text(openmetrics())
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "series.om"), str(d / "data")],
                    check=True, capture_output=True, timeout=120)
-    (d / "prometheus.yml").write_text("global: {}\n")
-    port = free_port()
-    log = open(d / "prometheus.log", "wb")
-    proc = subprocess.Popen(["prometheus", f"--config.file={d / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={d / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    prom = support.Prometheus.serving(d, d / "data")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, (d / "prometheus.log").read_text()
-            assert time.monotonic() < deadline, "prometheus not ready"
-            time.sleep(0.2)
-        yield url
+        yield prom.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        prom.stop()
 
 
 @needs_prometheus
