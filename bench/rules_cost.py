@@ -1,11 +1,19 @@
 """Cost of the recording rules and alerts for a large simulated fleet.
 
-One HTTP endpoint serves the exporter series of N nodes (each with its own `instance` label, scraped with
-honor_labels) and the Pushgateway series of R concurrent runs (each run on one node, GPU + CPU + memory
-counters and power). A real Prometheus evaluates our rule files, rendered for the chosen interval, and we
-read `prometheus_rule_group_last_duration_seconds` per group as the look-back windows fill.
+One HTTP endpoint serves what N exporters publish (each with its own `instance` label, scraped with
+honor_labels): node counters, intensity and info, and for R concurrent runs (each on one node) the durable
+run energy and emissions counters, power and run info per component; plus the run client's Pushgateway
+series (run info and budget) for every run. A real Prometheus evaluates our rule files (prometheus/rules/,
+alerting/alerts.yml, alerting/budgets.rules.yml, unchanged) and scrapes itself; we read
+`prometheus_rule_group_last_duration_seconds` and `..._interval_seconds` per group once the 15-minute
+look-backs are full. "Per 15 s" is the evaluation time all groups need per 15 s of wall time: each group's
+last duration times 15 s / its interval.
 
-    .venv/bin/python -m bench.rules_cost [--nodes 1000] [--runs 10000] [--interval 15s] [--minutes 4]
+    .venv/bin/python -m bench.rules_cost [--fleet 1000x10000] [--fleet 100x1000] [--minutes 19]
+                                         [--baseline 2ef7e2a --baseline-minutes 12]
+
+`--baseline REV` measures, side by side on the same machine, the rule files as they were at git revision REV
+(2ef7e2a: the self-accumulating design, whose look-backs fill after 10 minutes).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import json
 import random
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -24,47 +33,69 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from carbonwatch.durations import parse_duration
-from carbonwatch.stackconfig import render_prometheus_config, render_rules
+from carbonwatch.stack.config import render_prometheus_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ZONES = ["DE", "FR", "PL", "US", "SE", "GB", "IN", "NL"]
+COMPONENTS = (("gpu", 0.8), ("cpu", 0.15), ("memory", 0.05))
+RULE_FILES = [*sorted((ROOT / "prometheus" / "rules").glob("*.yml")), ROOT / "alerting" / "alerts.yml",
+              ROOT / "alerting" / "budgets.rules.yml"]
 
 
 class Fleet:
+    """The exposition of `nodes` exporters and `runs` runs, as functions of time: counters grow at a fixed
+    power per run and node. Series text is built once; each scrape only formats the numbers."""
+
     def __init__(self, nodes: int, runs: int, seed: int = 1) -> None:
         rng = random.Random(seed)
         self.t0 = time.time()
-        self.nodes = [f"node{i:04d}:9860" for i in range(nodes)]
-        self.zone = {n: ZONES[i % len(ZONES)] for i, n in enumerate(self.nodes)}
-        self.runs = [(f"run{j:05d}", self.nodes[j % nodes], rng.uniform(100, 700)) for j in range(runs)]
-        self.users = [f"user{u:03d}" for u in range(200)]
-        self.projects = [f"proj{p:02d}" for p in range(40)]
-        static = []
-        for n in self.nodes:
+        names = [f"node{i:04d}:9860" for i in range(nodes)]
+        static: list[str] = []
+        self.counters: list[tuple[str, float]] = []  # (series text, rate per second)
+        self.gauges: list[tuple[str, float]] = []
+        for i, n in enumerate(names):
             lab = f'instance="{n}",job="carbonwatch"'
-            static.append(f'carbonwatch_node_info{{{lab},zone="{self.zone[n]}",hostname="{n[:8]}",'
-                          'cpu_model="Intel Xeon",gpus="8",cpu_source="rapl",memory_source="rapl"} 1')
-            static.append(f'carbonwatch_grid_carbon_intensity_grams_per_kwh{{{lab},zone="{self.zone[n]}",'
-                          'source="table:owid-2023"} 300')
-            static.append(f'carbonwatch_collector_success{{{lab},collector="nvml"}} 1')
-        for j, (run_id, _node, _w) in enumerate(self.runs):
-            lab = f'job="carbonwatch_run",instance="",run_id="{run_id}"'
-            static.append(f'carbonwatch_run_info{{{lab},user="{self.users[j % 200]}",project="{self.projects[j % 40]}",'
-                          f'model="m{j % 25}",team="t{j % 10}",host="h",status="running"}} 1')
-            static.append(f"carbonwatch_run_budget_grams{{{lab}}} 100000")
-        self.static = "\n".join(static) + "\n"
-
-    def text(self) -> str:
-        dt = time.time() - self.t0
-        out = [self.static]
-        for run_id, node, watts in self.runs:
+            zone = ZONES[i % len(ZONES)]
+            static += [
+                f'carbonwatch_node_info{{{lab},zone="{zone}",hostname="{n[:8]}",cpu_model="Intel Xeon",gpus="8",'
+                'cpu_source="rapl",memory_source="rapl"} 1',
+                f'carbonwatch_grid_carbon_intensity_grams_per_kwh{{{lab},zone="{zone}",source="table:owid-2023"}} 300',
+                f'carbonwatch_node_intensity_grams_per_kwh{{{lab},zone="{zone}",source="table:owid-2023"}} 300',
+                f'carbonwatch_collector_success{{{lab},collector="gpu"}} 1',
+                f'carbonwatch_collector_info{{{lab},collector="gpu",status="ok",reason=""}} 1',
+                f'carbonwatch_state_restore_status{{{lab},status="restored"}} 1',
+                f'carbonwatch_state_write_failures_total{{{lab}}} 0',
+                f'carbonwatch_gpu_power_watts{{{lab},gpu="0",uuid="GPU-{i}"}} 2400',
+                f'carbonwatch_cpu_power_watts{{{lab},package="0",source="rapl"}} 300',
+                f'carbonwatch_memory_power_watts{{{lab},source="rapl"}} 60',
+            ]
+            for comp, watts in (("gpu", 2400.0), ("cpu", 300.0), ("memory", 60.0)):
+                self.counters.append((f'carbonwatch_energy_joules_total{{{lab},component="{comp}"}}', watts))
+                self.counters.append((f'carbonwatch_emissions_grams_total{{{lab},component="{comp}"}}',
+                                      watts / 3.6e6 * 300))
+            self.counters.append((f'carbonwatch_gpu_energy_joules_total{{{lab},gpu="0",uuid="GPU-{i}",'
+                                  'source="nvml_counter"}', 2400.0))
+        users = [f"user{u:03d}" for u in range(200)]
+        projects = [f"proj{p:02d}" for p in range(40)]
+        for j in range(runs):
+            run_id, node, watts = f"run{j:05d}", names[j % nodes], rng.uniform(100, 700)
             lab = f'instance="{node}",job="carbonwatch",run_id="{run_id}"'
-            for comp, share in (("gpu", 0.8), ("cpu", 0.15), ("memory", 0.05)):
-                joules = watts * share * dt
-                out.append(f'carbonwatch_run_energy_joules_total{{{lab},component="{comp}"}} {joules:.3f}\n')
-                out.append(f'carbonwatch_run_power_watts{{{lab},component="{comp}"}} {watts * share:.3f}\n')
-        return "".join(out)
+            who = f'user="{users[j % 200]}",project="{projects[j % 40]}",model="m{j % 25}",team="t{j % 10}"'
+            static.append(f'carbonwatch_run_info{{{lab},origin="env",{who}}} 1')
+            gw = f'job="carbonwatch_run",instance="",run_id="{run_id}"'
+            static.append(f'carbonwatch_run_info{{{gw},{who},host="h",status="running"}} 1')
+            static.append(f"carbonwatch_run_budget_grams{{{gw}}} 100000")
+            for comp, share in COMPONENTS:
+                w = watts * share
+                self.counters.append((f'carbonwatch_run_energy_joules_total{{{lab},component="{comp}"}}', w))
+                self.counters.append((f'carbonwatch_run_emissions_grams_total{{{lab},component="{comp}"}}',
+                                      w / 3.6e6 * 300))
+                self.gauges.append((f'carbonwatch_run_power_watts{{{lab},component="{comp}"}}', w))
+        self.static = "\n".join(static) + "\n" + "".join(f"{s} {v:.3f}\n" for s, v in self.gauges)
+
+    def text(self) -> bytes:
+        dt = time.time() - self.t0
+        return (self.static + "".join([f"{s} {r * dt:.6f}\n" for s, r in self.counters])).encode()
 
 
 def free_port() -> int:
@@ -73,12 +104,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def metric(base: str, expr: str) -> list[dict[str, Any]]:
+def query(base: str, expr: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{base}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=30) as r:
         return list(json.load(r)["data"]["result"])
 
 
-def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
+def run(nodes: int, runs: int, minutes: float, rule_files: list[Path] = RULE_FILES) -> dict[str, Any]:
     fleet = Fleet(nodes, runs)
     cache = {"at": 0.0, "body": b""}
     lock = threading.Lock()
@@ -86,8 +117,8 @@ def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             with lock:
-                if time.time() - cache["at"] > 1:  # type: ignore[operator]
-                    cache["body"], cache["at"] = fleet.text().encode(), time.time()
+                if time.time() - float(cache["at"]) > 5:  # type: ignore[arg-type]
+                    cache["body"], cache["at"] = fleet.text(), time.time()
                 body = cache["body"]
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -103,12 +134,12 @@ def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
     slowest: list[tuple[str, str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        render_rules(ROOT, tmp / "rules", interval)
         port = free_port()
         cfg = render_prometheus_config(ROOT, {"fleet": [f"127.0.0.1:{server.server_address[1]}"],
-                                              "prometheus": [f"127.0.0.1:{port}"]}, [], interval, interval,
-                                       tmp / "rules")
+                                              "prometheus": [f"127.0.0.1:{port}"]}, [], "15s", "15s", tmp / "rules")
         cfg = cfg.replace("- job_name: fleet\n", "- job_name: fleet\n  honor_labels: true\n  scrape_timeout: 10s\n")
+        # the committed rule files, unchanged
+        cfg = cfg.replace(f"- {(tmp / 'rules').resolve()}/*.yml", "\n".join(f"- {f}" for f in rule_files))
         (tmp / "prometheus.yml").write_text(cfg)
         log = (tmp / "prometheus.log").open("wb")
         proc = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
@@ -118,25 +149,32 @@ def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
         try:
             start = time.time()
             while time.time() - start < minutes * 60:
-                time.sleep(max(parse_duration(interval), 5))
+                time.sleep(30)
                 try:
-                    groups = metric(base, "prometheus_rule_group_last_duration_seconds")
-                    series = metric(base, "prometheus_tsdb_head_series")
+                    durations = query(base, "prometheus_rule_group_last_duration_seconds")
+                    intervals = query(base, "prometheus_rule_group_interval_seconds")
+                    series = query(base, "prometheus_tsdb_head_series")
                 except OSError:
                     continue
-                row = {"elapsed_s": round(time.time() - start, 1),
-                       "head_series": int(float(series[0]["value"][1])) if series else 0}
-                for g in groups:
-                    row[g["metric"]["rule_group"].split(";")[-1]] = float(g["value"][1])
+                every = {g["metric"]["rule_group"]: float(g["value"][1]) for g in intervals}
+                row: dict[str, Any] = {"elapsed_s": round(time.time() - start),
+                                       "head_series": int(float(series[0]["value"][1])) if series else 0,
+                                       "groups": {}}
+                for g in durations:
+                    key = g["metric"]["rule_group"]
+                    row["groups"][key.split(";")[-1]] = {"last_s": float(g["value"][1]),
+                                                         "interval_s": every.get(key, 15.0)}
+                row["per_15s"] = sum(v["last_s"] * 15 / v["interval_s"] for v in row["groups"].values())
+                row["sum_of_last"] = sum(v["last_s"] for v in row["groups"].values())
                 samples.append(row)
-                total = sum(v for k, v in row.items() if k.startswith("carbonwatch-"))
-                print(f"  t={row['elapsed_s']:6.0f}s  series {row['head_series']:7d}  all groups {total:.3f} s  "
-                      + "  ".join(f"{k.removeprefix('carbonwatch-')} {v:.3f}" for k, v in sorted(row.items())
-                                  if k.startswith("carbonwatch-")), flush=True)
+                print(f"  t={row['elapsed_s']:5d}s  series {row['head_series']:7d}  per 15 s {row['per_15s']:.3f} s"
+                      f"  (sum of last durations {row['sum_of_last']:.3f} s)  "
+                      + "  ".join(f"{k.removeprefix('carbonwatch-')} {v['last_s']:.3f}"
+                                  for k, v in sorted(row["groups"].items())), flush=True)
             with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=30) as r:
                 rules = [(g["name"], rule.get("name"), rule.get("evaluationTime", 0.0))
                          for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
-            slowest = sorted(rules, key=lambda x: -x[2])[:8]
+            slowest = sorted(rules, key=lambda x: -x[2])[:10]
             print("  slowest rules:")
             for group, name, secs in slowest:
                 print(f"    {secs:.3f} s  {group}  {name}")
@@ -150,22 +188,61 @@ def run(nodes: int, runs: int, interval: str, minutes: float) -> dict[str, Any]:
             server.shutdown()
             server.server_close()
             log.close()
-    return {"nodes": nodes, "runs": runs, "interval": interval, "samples": samples,
+    steady = [s for s in samples if s["elapsed_s"] >= min(16 * 60, minutes * 60 - 180)] or samples[len(samples) // 2:]
+    groups = sorted({g for s in steady for g in s["groups"]})
+    summary = {
+        "per_15s_median_s": statistics.median(s["per_15s"] for s in steady),
+        "per_15s_max_s": max(s["per_15s"] for s in steady),
+        "groups_median_last_s": {g: statistics.median(s["groups"][g]["last_s"] for s in steady if g in s["groups"])
+                                 for g in groups},
+        "head_series": steady[-1]["head_series"],
+    }
+    print(f"  steady (last minutes): {summary['per_15s_median_s']:.3f} s per 15 s (median), "
+          f"max {summary['per_15s_max_s']:.3f} s")
+    return {"nodes": nodes, "runs": runs, "summary": summary, "samples": samples,
             "slowest_rules": [{"group": g, "rule": n, "seconds": t} for g, n, t in slowest]}
+
+
+def baseline_files(rev: str, dest: Path) -> list[Path]:
+    """The rule files as committed at `rev`, written into `dest`."""
+    out = []
+    for rel in ("prometheus/rules/carbonwatch.rules.yml", "alerting/alerts.yml", "alerting/budgets.rules.yml"):
+        text = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
+        path = dest / rel.replace("/", "_")
+        path.write_text(text)
+        out.append(path)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--runs", type=int, default=10000)
-    ap.add_argument("--interval", default="15s")
-    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--fleet", action="append", default=[], metavar="NODESxRUNS",
+                    help="fleet size, repeatable (default 100x1000 and 1000x10000)")
+    ap.add_argument("--minutes", type=float, default=19.0, help="per fleet; the look-backs fill after 15")
+    ap.add_argument("--baseline", metavar="REV", help="also measure the rule files of this git revision")
+    ap.add_argument("--baseline-minutes", type=float, default=12.0)
     args, _ = ap.parse_known_args()
-    print(f"rule cost: {args.nodes} nodes, {args.runs} concurrent runs, interval {args.interval}")
-    result = run(args.nodes, args.runs, args.interval, args.minutes)
+    fleets = [tuple(int(x) for x in f.split("x")) for f in args.fleet] or [(100, 1000), (1000, 10000)]
     out = ROOT / "bench" / "results" / "rules_cost.json"
+    try:  # keep the other fleets' figures when one fleet is re-measured
+        previous = [f for f in json.loads(out.read_text()).get("fleets", []) if "summary" in f]
+    except (OSError, ValueError):
+        previous = []
+    results = {(f["nodes"], f["runs"], f.get("rules", "current")): f for f in previous}
+    for nodes, runs in fleets:
+        print(f"rule cost: {nodes} nodes, {runs} concurrent runs", flush=True)
+        results[(nodes, runs, "current")] = {**run(nodes, runs, args.minutes), "rules": "current"}
+        if args.baseline:
+            print(f"rule cost, rules of {args.baseline}: {nodes} nodes, {runs} concurrent runs", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                files = baseline_files(args.baseline, Path(d))
+                results[(nodes, runs, args.baseline)] = {
+                    **run(nodes, runs, args.baseline_minutes, files), "rules": args.baseline}
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": "2 shared vCPUs, load generator on the same machine",
+                               "prometheus": "2.42.0 (Debian)",
+                               "fleets": [results[k] for k in sorted(results)]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

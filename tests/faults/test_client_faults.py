@@ -25,7 +25,7 @@ import pytest
 
 from carbonwatch.client.api import Run
 from carbonwatch.errors import ConfigError
-from tests.test_client_pushgateway import BINARY, Gateway, _own_spool, free_port, one, wait_for  # noqa: F401
+from tests.client.test_client_pushgateway import BINARY, Gateway, _own_spool, free_port, one, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 needs_gateway = pytest.mark.skipif(BINARY is None, reason="prometheus-pushgateway is not installed")

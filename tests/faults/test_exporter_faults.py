@@ -29,7 +29,7 @@ import yaml
 
 from tests.exporter_proc import REPO, Exporter, start_exporter
 from tests.fakes.powercap import FakePowercap
-from tests.test_exporter_process import samples
+from tests.node.test_exporter_process import samples
 
 pytestmark = pytest.mark.faults
 
@@ -122,7 +122,7 @@ DROP_DAC = "-dac_override,-dac_read_search"
 def start_exporter_without_dac(tmp: Path, config: dict, timeout: float = 20.0) -> Exporter:
     """The exporter as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (util-linux setpriv), so that a
     mode-000 file gives EACCES in the real open(), as a root-only energy_uj does for an unprivileged exporter
-    (the same device as tests/test_sources_rapl.py). Otherwise as tests/exporter_proc.py starts it."""
+    (the same device as tests/node/test_sources_rapl.py). Otherwise as tests/exporter_proc.py starts it."""
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
@@ -780,7 +780,7 @@ def test_hostile_label_values_are_refused_and_the_exposition_stays_valid(tmp_pat
             p.wait()
 
 
-# -- kill -9 and restart (tests/test_exporter_durable.py has one kill; here: several, mid-write, counted) -------
+# -- kill -9 and restart (tests/node/test_exporter_durable.py has one kill; here: several, mid-write, counted) -------
 
 
 def test_repeated_kill_9_never_corrupts_the_state_and_loses_at_most_one_write_interval(tmp_path):

@@ -18,7 +18,7 @@ from carbonwatch.node.sources.cpumodel import (
 )
 
 SHARED_TABLE = Path("/work/shared/data/cpu_tdp_watts.csv")
-PACKAGED_TABLE = Path(__file__).resolve().parents[1] / "exporter" / "carbonwatch" / "data" / "cpu_tdp_watts.csv"
+PACKAGED_TABLE = Path(__file__).resolve().parents[2] / "exporter" / "carbonwatch" / "data" / "cpu_tdp_watts.csv"
 
 
 def fake_proc(tmp_path: Path, model: str | None, cpus: int = 4, sockets: int = 1) -> str:

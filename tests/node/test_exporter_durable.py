@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.exporter_proc import start_exporter
-from tests.test_exporter_process import BUSY, _children, samples
+from tests.node.test_exporter_process import BUSY, _children, samples
 
 CONFIG = {
     "zone": "DE", "sample_interval": "200ms", "cpu": {"source": "model", "tdp_watts": 100},

@@ -17,7 +17,7 @@ from carbonwatch.stack import demo
 from carbonwatch.stack import launcher as stack
 from carbonwatch.stack.launcher import Service, StackState
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_stack(tmp_path: Path) -> StackState:

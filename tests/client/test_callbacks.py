@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from carbonwatch.client.api import Run
-from tests.test_client_pushgateway import STARTED, Gateway, _own_spool, gateway, one, wait_for  # noqa: F401
+from tests.client.test_client_pushgateway import STARTED, Gateway, _own_spool, gateway, one, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

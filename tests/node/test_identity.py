@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import carbonwatch.node.sampler as sampler_mod
-import tests.test_sampler as sampler_tests
+import tests.node.test_sampler as sampler_tests
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
 from carbonwatch.node.sources.procs import ProcScanner

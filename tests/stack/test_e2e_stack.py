@@ -32,7 +32,7 @@ import requests
 from carbonwatch import dashboards
 from tests.support import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(

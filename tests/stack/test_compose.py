@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
 LONG_RUNNING = ("exporter", "reaper", "pushgateway", "prometheus", "alertmanager", "grafana")

@@ -26,7 +26,7 @@ from carbonwatch.stack.config import SecureFiles, rule_files
 from carbonwatch.stack.launcher import StackState, remove_settings, render_alertmanager_config, write_settings
 from tests.support import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAVE_BINARIES = all(
     shutil.which(b) for b in ("prometheus", "prometheus-pushgateway", "prometheus-alertmanager", "promtool")
 )

@@ -12,7 +12,7 @@ from carbonwatch.node.sampler import Sampler, Sources
 from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration
 from tests.fakeproc import FakeProc
-from tests.test_sampler import Clock, FakeGpus, FakeRapl, FlatModel, gpu
+from tests.node.test_sampler import Clock, FakeGpus, FakeRapl, FlatModel, gpu
 
 
 class Grid:

@@ -14,7 +14,7 @@ from carbonwatch.node.model import SourceError
 from carbonwatch.node.sources.rapl import RaplReading, RaplSource
 from tests.fakes.powercap import FakePowercap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def energies(reading: RaplReading) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_client_pushgateway import BINARY, Gateway, free_port, one, wait_for
+from tests.client.test_client_pushgateway import BINARY, Gateway, free_port, one, wait_for
 
 PY = sys.executable
 

@@ -20,9 +20,9 @@ import yaml
 from carbonwatch.node.config import ExporterConfig, apply_mapping
 from carbonwatch.node.identity.kubelet import kubelet_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
-CRDS = Path(__file__).parent / "fixtures" / "prometheus-operator-crds"
+CRDS = Path(__file__).parents[1] / "fixtures" / "prometheus-operator-crds"
 KUBE_VERSION = "1.33.0"
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from carbonwatch.client.api import Run
-from tests.test_client_pushgateway import STARTED, Gateway, _own_spool, gateway, one, wait_for  # noqa: F401
+from tests.client.test_client_pushgateway import STARTED, Gateway, _own_spool, gateway, one, wait_for  # noqa: F401
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_torch_mlp_loop_is_tracked_end_to_end(gateway: Gateway, tmp_path: Path) -> None:  # noqa: F811

@@ -13,7 +13,7 @@ import pytest
 from carbonwatch.client.local_meter import LocalMeter
 from carbonwatch.node.config import ExporterConfig
 from tests.exporter_proc import start_exporter
-from tests.test_exporter_process import samples
+from tests.node.test_exporter_process import samples
 
 BURN = "import time\nt = time.time()\nwhile time.time() - t < 12: pass\n"
 

@@ -17,7 +17,7 @@ from carbonwatch.stack.config import (
     write_secure_files,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_render_rules_changes_group_intervals_only(tmp_path: Path) -> None:

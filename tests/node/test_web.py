@@ -46,7 +46,7 @@ from carbonwatch.node.web import (
 )
 from carbonwatch.stack.config import issue_certificate, new_ca
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-pass"
 
 

@@ -192,7 +192,7 @@ def test_job_json_and_unknown_jobs(prometheus_url, capsys):
 
 # -- deploy/systemd and deploy/slurm ----------------------------------------------------------------------------
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_node_config_and_environment_file_are_what_the_exporter_accepts():

@@ -219,7 +219,7 @@ def test_an_eight_epoch_run_numbered_from_0_reports_8_epochs_and_grams_per_epoch
 ) -> None:
     """The whole path: the run client pushes, a real Prometheus scrapes the Pushgateway, the report reads it."""
     from carbonwatch.client.api import Run
-    from tests.test_client_pushgateway import BINARY, Gateway
+    from tests.client.test_client_pushgateway import BINARY, Gateway
 
     if BINARY is None:
         pytest.skip("prometheus-pushgateway is not installed")
