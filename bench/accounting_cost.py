@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "exporter"))
 
+from carbonwatch.intensity.providers import IntensityInUse  # noqa: E402
 from carbonwatch.node.config import ExporterConfig  # noqa: E402
-from carbonwatch.node.model import GpuProcessUse, GpuReading, IntensityInUse  # noqa: E402
+from carbonwatch.node.model import GpuProcessUse, GpuReading  # noqa: E402
 from carbonwatch.node.sampler import Sampler, build_sources  # noqa: E402
 from carbonwatch.node.state import StateStore  # noqa: E402
 

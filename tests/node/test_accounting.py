@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity
-from carbonwatch.node.model import GpuProcessUse, IntensityInUse
+from carbonwatch.node.model import GpuProcessUse
 from carbonwatch.node.sampler import Sampler, Sources
 from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration

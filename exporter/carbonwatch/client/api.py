@@ -51,8 +51,7 @@ from carbonwatch.client.summary import (
 )
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity.providers import check_zone
-from carbonwatch.node.model import IntensityInUse
+from carbonwatch.intensity.providers import IntensityInUse, check_zone
 
 if TYPE_CHECKING:
     from carbonwatch.intensity.feed import IntensityFeed

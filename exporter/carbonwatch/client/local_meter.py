@@ -24,9 +24,10 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 
+from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.meters import GpuSource
-from carbonwatch.node.model import GpuProcessUse, GpuReading, IntensityInUse, RunState
+from carbonwatch.node.model import GpuProcessUse, GpuReading, RunState
 from carbonwatch.node.sampler import Sampler, Sources, build_sources
 from carbonwatch.node.sources import pidns
 from carbonwatch.registration import Registration, process_start_time

@@ -100,9 +100,10 @@ def hostname() -> str:
 def _load_config(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from carbonwatch.node.config import load_file
+    from carbonwatch import yamlfile
 
-    return load_file(path)
+    data: dict[str, Any] = yamlfile.load(path, "config.file")
+    return data
 
 
 def _apply(s: RunSettings, key: str, value: Any, what: str) -> None:
@@ -121,7 +122,7 @@ def _apply(s: RunSettings, key: str, value: Any, what: str) -> None:
             raise ConfigError(f"{what}: expected a number >= 0, got {value!r}")
         s.price_per_kwh = float(value)
     elif key == "zone":
-        from carbonwatch.node.config import validate_zone
+        from carbonwatch.intensity.providers import validate_zone
 
         s.zone = validate_zone(value, what)
     elif key in ("pushgateway", "prometheus"):

@@ -29,12 +29,12 @@ import requests
 
 from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
+    IntensityInUse,
     IntensityProvider,
     IntensityReading,
     TableProvider,
     normalise_zone,
 )
-from carbonwatch.node.model import IntensityInUse
 
 log = logging.getLogger("carbonwatch.intensity.providers")
 

@@ -19,6 +19,7 @@ import csv
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -72,12 +73,31 @@ class IntensityReading:
     fetched_at: float  # unix seconds when the value was obtained
 
 
+@dataclass(frozen=True)
+class IntensityInUse:
+    """The grid intensity a node prices its energy at, and where the value came from."""
+
+    zone: str
+    grams_per_kwh: float
+    source: str
+
+
 class IntensityProvider(Protocol):
     def current(self, zone: str) -> IntensityReading: ...
 
 
 class ProviderError(Exception):
     """A live provider could not give a value (network, HTTP status, malformed reply)."""
+
+
+# Grid zones: ISO 3166 country codes, Electricity Maps zone keys (US-CAL-CISO, DK-DK1), or "world".
+ZONE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def validate_zone(value: Any, what: str = "zone") -> str:
+    if not isinstance(value, str) or not ZONE_RE.match(value):
+        raise ConfigError(f"{what}: {value!r} is not a grid zone (e.g. DE, FR, US-CAL-CISO, world)")
+    return value
 
 
 def normalise_zone(zone: str | None) -> str:

@@ -15,11 +15,10 @@ from typing import Any
 from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
+from carbonwatch.intensity.providers import validate_zone
 
 COLLECTORS = ("gpu", "cpu", "memory", "process", "intensity")
 DEFAULT_SPOOL_DIR = "/tmp/carbonwatch-runs"
-# Grid zones: ISO 3166 country codes, Electricity Maps zone keys (US-CAL-CISO, DK-DK1), or "world".
-ZONE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 
@@ -162,12 +161,6 @@ def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name) or {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def validate_zone(value: Any, what: str = "zone") -> str:
-    if not isinstance(value, str) or not ZONE_RE.match(value):
-        raise ConfigError(f"{what}: {value!r} is not a grid zone (e.g. DE, FR, US-CAL-CISO, world)")
     return value
 
 

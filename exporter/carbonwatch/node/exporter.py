@@ -19,7 +19,7 @@ from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity.collector import IntensityCollector
 from carbonwatch.intensity.feed import FEED_PATH, IntensityFeed, feed_from_config
-from carbonwatch.intensity.providers import settings_from_config
+from carbonwatch.intensity.providers import settings_from_config, validate_zone
 from carbonwatch.node import web
 from carbonwatch.node.collector import SnapshotCollector, render_text
 from carbonwatch.node.config import (
@@ -29,7 +29,6 @@ from carbonwatch.node.config import (
     check_storage_path,
     load_file,
     validate,
-    validate_zone,
 )
 from carbonwatch.node.identity import IdentityResolver, build_resolver
 from carbonwatch.node.model import FatalSourceError

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from carbonwatch.intensity.providers import IntensityInUse
+
 # Where a number came from (the `source` label).
 SOURCE_NVML_COUNTER = "nvml_counter"  # GPU total-energy counter (Volta and newer)
 SOURCE_NVML_POWER = "nvml_power"  # GPU power sampled by the exporter and integrated
@@ -139,15 +141,6 @@ class ContainerState:
     energy_joules: dict[str, float] = field(default_factory=dict)
     emissions_grams: dict[str, float] = field(default_factory=dict)
     last_seen: float = 0.0  # monotonic
-
-
-@dataclass(frozen=True)
-class IntensityInUse:
-    """The grid intensity a node prices its energy at, and where the value came from."""
-
-    zone: str
-    grams_per_kwh: float
-    source: str
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
+from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.counters import Counters, grams_per_joule
 from carbonwatch.node.identity import ContainerRef, IdentityResolver, ProcessIdentity, Resolver
@@ -43,7 +44,6 @@ from carbonwatch.node.model import (
     DeviceState,
     FatalSourceError,
     GpuReading,
-    IntensityInUse,
     ProcessReading,
     ProcessState,
     Snapshot,
