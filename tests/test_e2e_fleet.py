@@ -160,7 +160,11 @@ def test_pod_and_slurm_job_are_attributed_labelled_and_recorded(fleet, capsys):
 
     rec = eventually(recorded, 30, "recorded run energy")
     assert float(rec["k8s:vision:ddp"]["value"][1]) > 0 and float(rec["slurm-hpc1-4242"]["value"][1]) > 0
-    labels = {r["metric"]["run_id"]: r["metric"] for r in query(url, "run_id:carbonwatch_run_info:last")}
+    def run_labels() -> dict[str, dict[str, str]] | None:
+        got = {r["metric"]["run_id"]: r["metric"] for r in query(url, "run_id:carbonwatch_run_info:last")}
+        return got if {"k8s:vision:ddp", "slurm-hpc1-4242"} <= set(got) else None
+
+    labels = eventually(run_labels, 30, "recorded run labels")  # its group may evaluate at another moment
     assert (labels["slurm-hpc1-4242"]["user"], labels["slurm-hpc1-4242"]["project"]) == ("alice", "physics")
     assert (labels["k8s:vision:ddp"]["user"], labels["k8s:vision:ddp"]["model"]) == ("ada", "bert")
 
