@@ -420,8 +420,8 @@ class Resolver:
         return out
 
     def _prune(self, now: float) -> None:
-        if now - self._last_prune < min(60.0, self.fact_ttl / 4):
-            return
+        if 0.0 <= now - self._last_prune < min(60.0, self.fact_ttl / 4):
+            return  # (a clock that went back, e.g. a replaced one, prunes now and restarts the period)
         self._last_prune = now
         cutoff = now - self.fact_ttl
         self._facts = {k: f for k, f in self._facts.items() if f.last_seen >= cutoff}
