@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.stack.config import (
     render_prometheus_config,
@@ -24,9 +25,10 @@ def test_render_rules_changes_group_intervals_only(tmp_path: Path) -> None:
     paths = render_rules(ROOT, tmp_path, "5s")
     assert sorted(p.name for p in paths) == ["alerts.yml", "budgets.rules.yml", "carbonwatch.rules.yml"]
     rules = yaml.safe_load((tmp_path / "carbonwatch.rules.yml").read_text())
-    intervals = {g["name"]: g.get("interval") for g in rules["groups"]}
-    assert intervals["carbonwatch-accounting"] == "5s"
-    assert intervals["carbonwatch-periods"] == "20s"  # 1m scaled by 5s/15s
+    committed = yaml.safe_load((ROOT / "prometheus" / "rules" / "carbonwatch.rules.yml").read_text())
+    # every group keeps its committed interval scaled by 5s / 15s (the global evaluation interval)
+    for g, c in zip(rules["groups"], committed["groups"], strict=True):
+        assert parse_duration(g["interval"], "x") == pytest.approx(parse_duration(c["interval"], "x") / 3), g["name"]
     alerts = yaml.safe_load((tmp_path / "alerts.yml").read_text())
     assert all(r["for"] != "1s" for g in alerts["groups"] for r in g["rules"])
     # the rules do not depend on their group's interval: every expression is the committed one, at any interval
