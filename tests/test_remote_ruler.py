@@ -111,8 +111,10 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
                            tmp_path / "pushgateway.log"))
         wait_ready(f"http://127.0.0.1:{gw_port}/-/ready", procs[-1], tmp_path / "pushgateway.log")
         http(f"http://127.0.0.1:{gw_port}/metrics/job/carbonwatch_run/run_id/{RUN_ID}", method="PUT", data=(
+            b"# TYPE carbonwatch_run_info gauge\n"
             b'carbonwatch_run_info{user="alice",model="gpt-small",project="llm-pretrain",team="research",'
-            b'host="n1",status="running"} 1\ncarbonwatch_run_budget_grams 0.05\n'))
+            b'host="n1",status="running"} 1\n'
+            b"# TYPE carbonwatch_run_budget_grams gauge\ncarbonwatch_run_budget_grams 0.05\n"))
 
         # The run: a CPU burner with the run id, on a fake 3 kW GPU, measured by the real exporter.
         burner = subprocess.Popen([sys.executable, "-c", BURN], env=dict(os.environ, CARBONWATCH_RUN_ID=RUN_ID))
