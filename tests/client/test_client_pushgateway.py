@@ -464,3 +464,14 @@ def test_the_gateway_policy_is_the_longest_stay_and_a_run_may_ask_for_less() -> 
               group("asks-short", 995.0, 1.0), group("asks-long-recent", 990.0, 3600.0)]
     ids, kept = reaper.expired(groups, retention=30.0, now=1000.0)
     assert sorted(ids) == ["asks-long", "asks-short", "old"] and kept == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_a_heartbeat_planted_by_another_user_does_not_switch_off_local_measurement(_own_spool: Path) -> None:
+    _own_spool.mkdir()
+    beat = _own_spool / HEARTBEAT_FILE
+    beat.touch()
+    os.chown(beat, 65534, 65534)  # nobody's file: neither root's (the exporter's) nor this user's
+    assert not exporter_alive()
+    os.chown(beat, 0, 0)
+    assert exporter_alive()

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from carbonwatch.registration import spool_dir
+from carbonwatch.registration import HEARTBEAT, spool_dir
 
-HEARTBEAT_FILE = "exporter.alive"
+HEARTBEAT_FILE = HEARTBEAT
 # A heartbeat dated this far in the future (clock steps, NFS skew) still counts as fresh.
 FUTURE_TOLERANCE_S = 5.0
 
@@ -34,6 +34,8 @@ def exporter_alive(
     except OSError:
         return False
     if not stat.S_ISREG(st.st_mode):  # a symlink or directory planted in the shared spool is no heartbeat
+        return False
+    if st.st_uid not in (0, os.getuid()):  # another user cannot switch off this user's local measurement
         return False
     age = clock() - st.st_mtime
     return -FUTURE_TOLERANCE_S <= age <= max_age
