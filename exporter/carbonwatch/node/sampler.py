@@ -237,10 +237,13 @@ class Sampler:
         gpus = self._read_gpus(status)
         full = self._last_full is None or t - self._last_full >= self.cfg.process.scan_interval
         regs = self._read_registrations()
+        # before listing /proc: a process missing from this listing started after this moment, so the next
+        # sample counts all its CPU time (a process that starts between the listing and a later clock read
+        # would be counted from nowhere)
+        boot_now = self.boot_clock()
         pids, listed = (None, None) if full else self._pids_between_scans(gpus, regs)
         procs, cpu_times, identities = self._read_procs(status, pids, regs)
         self._listed = listed if listed is not None else {k[0] for k in procs}
-        boot_now = self.boot_clock()
         prev = {k: a.reading for k, a in self._procs.items()}
         gone = [k for k in prev if k not in procs and k[0] not in self._listed]
         iv = Interval(dt, full, procs, prev, gone, self._reg_cpu, cpu_times, self._cpu_times, self._boot_prev,

@@ -11,7 +11,7 @@ a crash at any point leaves either the old or the new file, never half of one.
 Read: a missing file (first start) starts fresh; an unreadable or corrupt one starts fresh too, with one
 log line naming the file and why, the bad file kept beside it as `state.json.corrupt` for inspection, and
 `carbonwatch_state_restore_status{status="corrupt"|"unreadable"}` so the alert
-`CarbonwatchExporterStateNotRestored` fires. It never stops the exporter.
+`CarbonwatchExporterStateLost` fires. It never stops the exporter.
 """
 
 from __future__ import annotations

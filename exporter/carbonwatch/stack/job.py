@@ -97,7 +97,8 @@ def collect_jobs(prom: Prometheus, jobs: Sequence[str], cluster: str | None, loo
         sel = _sel(job, cluster)
 
         def last(name: str, sel: str = sel) -> str:
-            return f"last_over_time({name}{{{sel}}}[{lookback}])"
+            fn = "max_over_time" if name.endswith(":total") else "last_over_time"  # totals: see docs/rules.md
+            return f"{fn}({name}{{{sel}}}[{lookback}])"
 
         energy = prom.by_label(f"max by (run_id) ({last('run_id:carbonwatch_energy_joules:total')})", "run_id", at)
         if not energy:  # no recording rules: the exporters' run counters, summed over nodes and components
@@ -124,7 +125,7 @@ def collect_jobs(prom: Prometheus, jobs: Sequence[str], cluster: str | None, loo
                 row.team = row.team or m.get("team", "")
                 row.origin = row.origin or m.get("origin", "")
             one = f'run_id="{rid}"'
-            for r in prom.query(f"last_over_time(run_id:carbonwatch_cost:total{{{one}}}[{lookback}])", at):
+            for r in prom.query(f"max_over_time(run_id:carbonwatch_cost:total{{{one}}}[{lookback}])", at):
                 cur = r["metric"].get("currency", "")
                 row.cost[cur] = max(row.cost.get(cur, 0.0), float(r["value"][1]))
             row.start = prom.scalar(

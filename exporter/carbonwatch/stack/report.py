@@ -1,6 +1,6 @@
 """`carbonwatch report RUN_ID`: a run's duration, energy, emissions, cost, budget and efficiency, read from the
-recorded series in Prometheus (prometheus/rules/). Every series is read with last_over_time(...[lookback])
-so a run that ended (its Pushgateway group deleted, its exporter series gone) still reports its totals.
+recorded series in Prometheus (prometheus/rules/). Totals are read with max_over_time(...[lookback]), the
+rest with last_over_time(...[lookback]), so a run that ended (its Pushgateway group deleted, its exporter series gone) still reports its totals.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def collect(prom: Prometheus, run_id: str, lookback: str = "30d", at: float | No
     sel = f'run_id="{run_id}"'
 
     def last(name: str, extra: str = "") -> str:
-        return f"last_over_time({name}{{{sel}{extra}}}[{lookback}])"
+        # a total's largest value in the window: when a multi-node run ends its nodes' counters leave the
+        # rules' bridge one by one, so its last recorded value can be partial (docs/rules.md)
+        fn = "max_over_time" if name.endswith(":total") else "last_over_time"
+        return f"{fn}({name}{{{sel}{extra}}}[{lookback}])"
 
     now = time.time() if at is None else at
     info = prom.query(last("run_id:carbonwatch_run_info:last"), at)
