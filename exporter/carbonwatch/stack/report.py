@@ -1,6 +1,7 @@
 """`carbonwatch report RUN_ID`: a run's duration, energy, emissions, cost, budget and efficiency, read from the
 recorded series in Prometheus (prometheus/rules/). Totals are read with max_over_time(...[lookback]), the
-rest with last_over_time(...[lookback]), so a run that ended (its Pushgateway group deleted, its exporter series gone) still reports its totals.
+rest with last_over_time(...[lookback]), so a run that ended (its Pushgateway group deleted, its exporter
+series gone) still reports its totals.
 """
 
 from __future__ import annotations
