@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 COMPONENTS = ("gpu", "cpu", "memory")
 JOULES_PER_KWH = 3.6e6
 RUN_LABELS = ("user", "project", "model", "team")  # what a run's info series names besides run_id
@@ -28,6 +30,12 @@ class Spec:
     @property
     def exposed_name(self) -> str:
         return self.name + "_total" if self.type == "counter" else self.name
+
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        """An empty prometheus-client family with this name, help and labels, for a collector to fill."""
+        if self.type == "counter":
+            return CounterMetricFamily(self.name, self.help, labels=list(self.labels))
+        return GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
 
 
 SOURCES = ("`nvml_counter` (GPU total-energy counter), `nvml_power_average` / `nvml_power_instant` (GPU averaged or "

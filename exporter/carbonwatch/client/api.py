@@ -191,7 +191,6 @@ class Run:
         self._old_sigterm: Any = None
         self._intensity: tuple[float, str] | None = None
         self._metric_names: set[str] = set()
-        self._start_mono = time.monotonic()
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Run:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,9 +107,7 @@ class RunCollector(Collector):
         rid = s.labels.run_id
 
         def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
-            spec = PUSHED_BY_NAME[name]  # names, help and labels are the contract's (carbonwatch.contracts)
-            kind = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
-            return kind(spec.name, spec.help, labels=list(spec.labels))
+            return PUSHED_BY_NAME[name].family()  # names, help and labels are the contract's
 
         def gauge(name: str, value: float | None) -> Iterator[Metric]:
             if value is not None and math.isfinite(value):
@@ -253,23 +249,3 @@ class Pusher:
         except Exception as exc:
             log.warning("carbonwatch: could not delete the run's group from %s: %s", redact_url(self.gateway), exc)
             return False
-
-    def schedule_delete(self, after: float) -> subprocess.Popen[bytes] | None:
-        """Delete the group `after` seconds from now (0: now) from a detached process, so the final state
-        stays long enough to be scraped without keeping the training process alive."""
-        if after <= 0:
-            self.delete()
-            return None
-        cmd = [
-            sys.executable, "-m", "carbonwatch.client.reaper", "--gateway", self.gateway, "--job", self.job,
-            "--run-id", self.grouping_key["run_id"], "--after", str(after), "--timeout", str(self.timeout),
-        ]
-        try:
-            return subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True,
-            )
-        except OSError as exc:
-            log.warning("carbonwatch: could not start the group clean-up (%s); deleting now", exc)
-            self.delete()
-            return None

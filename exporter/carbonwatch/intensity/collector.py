@@ -32,7 +32,7 @@ class IntensityCollector(Collector):
         return []
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-        f = {name: _family(name) for name in INTENSITY_BY_NAME}
+        f = {name: spec.family() for name, spec in INTENSITY_BY_NAME.items()}
         for zone, r in sorted(self.feed.all().items()):
             f["carbonwatch_grid_carbon_intensity_grams_per_kwh"].add_metric([zone, r.source], r.grams_per_kwh)
         for zone, (value, currency) in sorted(self.prices.items()):
@@ -45,8 +45,3 @@ class IntensityCollector(Collector):
         f["carbonwatch_intensity_refresh_duration_seconds"].add_metric([], self.feed.last_duration_seconds)
         yield from (fam for fam in f.values() if fam.samples)
 
-
-def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
-    spec = INTENSITY_BY_NAME[name]  # names, help and labels are the contract's (carbonwatch.contracts)
-    kind = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
-    return kind(spec.name, spec.help, labels=list(spec.labels))

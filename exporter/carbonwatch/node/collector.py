@@ -14,13 +14,6 @@ from carbonwatch.node.identity import IdentityStats
 from carbonwatch.node.model import CollectorStatus, Snapshot
 
 
-def _family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
-    spec = BY_NAME[name]
-    if spec.type == "counter":
-        return CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-
-
 class SnapshotCollector(Collector):
     def __init__(
         self,
@@ -46,7 +39,7 @@ class SnapshotCollector(Collector):
         return []  # registering never touches the hardware
 
     def collect(self) -> Iterator[Metric]:
-        f = {name: _family(name) for name in BY_NAME}
+        f = {name: spec.family() for name, spec in BY_NAME.items()}
         labels = self._node_labels()
         f["carbonwatch_node_info"].add_metric([labels.get(k, "") for k in BY_NAME["carbonwatch_node_info"].labels], 1)
         f["carbonwatch_sample_interval_seconds"].add_metric([], self._interval)

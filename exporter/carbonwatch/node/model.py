@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from carbonwatch.errors import DeviceError
 from carbonwatch.intensity.providers import IntensityInUse
 
 # Where a number came from (the `source` label).
@@ -26,7 +27,7 @@ class SourceAbsent(SourceError):
     tree). Not a failure: the collector reports success with zero devices and says why."""
 
 
-class FatalSourceError(Exception):
+class FatalSourceError(DeviceError):
     """A source can never work again in this process (e.g. the NVML library no longer matches the loaded
     driver after an upgrade): the exporter logs the message and exits non-zero so its supervisor restarts it."""
 
