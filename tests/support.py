@@ -85,6 +85,18 @@ class Prometheus:
         self._start(tmp, tmp / "tsdb")
 
     @classmethod
+    def from_series(cls, tmp: Path, series: Mapping[str, Sequence[tuple[str, float, int]]]) -> Prometheus:
+        """Serve `series` (name -> [(labels, value, unix seconds)]), written as TSDB blocks by promtool."""
+        lines = []
+        for name, samples in series.items():
+            lines.append(f"# TYPE {name} gauge")
+            lines += [f"{name}{{{labels}}} {value} {t}" for labels, value, t in samples]
+        (tmp / "series.om").write_text("\n".join(lines + ["# EOF"]) + "\n")
+        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(tmp / "series.om"),
+                        str(tmp / "data")], check=True, capture_output=True, timeout=120)
+        return cls.serving(tmp, tmp / "data")
+
+    @classmethod
     def serving(cls, tmp: Path, tsdb: Path) -> Prometheus:
         self = cls.__new__(cls)
         (tmp / "prometheus.yml").write_text("global: {}\n")

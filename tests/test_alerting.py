@@ -130,6 +130,33 @@ def gateway_text() -> str:
     )
 
 
+def start_alertmanager(tmp_path: Path, webhook_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """A real Alertmanager with our routing (alerting/alertmanager.yml), every webhook pointed at the test's
+    receiver on `webhook_port`, and 1 s group waits; returns it once ready, and its port."""
+    am = yaml.safe_load(AM_CONFIG.read_text())
+    for r in am["receivers"]:
+        for w in r.get("webhook_configs", []):
+            w["url"] = w["url"].replace("http://127.0.0.1:5001", f"http://127.0.0.1:{webhook_port}")
+
+    def fast(route: dict[str, Any]) -> None:
+        route.update(group_wait="1s", group_interval="1s")
+        for child in route.get("routes", []):
+            fast(child)
+
+    fast(am["route"])
+    amdir = tmp_path / "am"
+    amdir.mkdir()
+    shutil.copytree(ROOT / "alerting" / "templates", amdir / "templates")
+    (amdir / "alertmanager.yml").write_text(yaml.safe_dump(am))
+    port = free_port()
+    log = tmp_path / "alertmanager.log"
+    proc = start(["prometheus-alertmanager", f"--config.file={amdir / 'alertmanager.yml'}",
+                  f"--storage.path={amdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                  "--cluster.listen-address="], log)
+    wait_ready(f"http://127.0.0.1:{port}/-/ready", proc, log)
+    return proc, port
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -155,27 +182,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         # Alertmanager: our config with every webhook pointed at the test receiver and short timings.
-        am = yaml.safe_load(AM_CONFIG.read_text())
-        for r in am["receivers"]:
-            for w in r.get("webhook_configs", []):
-                w["url"] = w["url"].replace("http://127.0.0.1:5001", f"http://127.0.0.1:{webhook.port}")
-
-        def fast(route: dict[str, Any]) -> None:
-            route.update(group_wait="1s", group_interval="1s")
-            for child in route.get("routes", []):
-                fast(child)
-
-        fast(am["route"])
-        amdir = tmp_path / "am"
-        amdir.mkdir()
-        shutil.copytree(ROOT / "alerting" / "templates", amdir / "templates")
-        (amdir / "alertmanager.yml").write_text(yaml.safe_dump(am))
-        am_port = free_port()
-        am_log = tmp_path / "alertmanager.log"
-        procs.append(start(["prometheus-alertmanager", f"--config.file={amdir / 'alertmanager.yml'}",
-                            f"--storage.path={amdir / 'data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-                            "--cluster.listen-address="], am_log))
-        wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[-1], am_log)
+        am_proc, am_port = start_alertmanager(tmp_path, webhook.port)
+        procs.append(am_proc)
 
         # Prometheus: the committed config and rules, rendered for local targets and 1 s intervals.
         render_rules(ROOT, tmp_path / "rules", "1s", for_override="2s")
@@ -191,7 +199,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
                             f"--web.listen-address=127.0.0.1:{prom_port}", "--rules.alert.resend-delay=1s"],
                            prom_log))
         wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1], prom_log)
-        yield {"webhook": webhook, "prometheus": f"http://127.0.0.1:{prom_port}", "logs": [am_log, prom_log]}
+        logs = [tmp_path / "alertmanager.log", prom_log]
+        yield {"webhook": webhook, "prometheus": f"http://127.0.0.1:{prom_port}", "logs": logs}
     finally:
         for p in procs:
             p.terminate()

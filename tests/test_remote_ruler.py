@@ -26,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.exporter_proc import Exporter, start_exporter
-from tests.test_alerting import AM_CONFIG, Serve, free_port, start, wait_ready
+from tests.test_alerting import Serve, free_port, start, start_alertmanager, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARIES = ("victoria-metrics", "vmalert", "prometheus-alertmanager", "prometheus-pushgateway")
@@ -84,26 +84,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     exporter: Exporter | None = None
     try:
         # Alertmanager: our routing, every receiver pointed at the test's webhook, short group waits.
-        am = yaml.safe_load(AM_CONFIG.read_text())
-        for r in am["receivers"]:
-            for w in r.get("webhook_configs", []):
-                w["url"] = w["url"].replace("http://127.0.0.1:5001", f"http://127.0.0.1:{webhook.port}")
-
-        def fast(route: dict[str, Any]) -> None:
-            route.update(group_wait="1s", group_interval="1s")
-            for child in route.get("routes", []):
-                fast(child)
-
-        fast(am["route"])
-        amdir = tmp_path / "am"
-        amdir.mkdir()
-        shutil.copytree(ROOT / "alerting" / "templates", amdir / "templates")
-        (amdir / "alertmanager.yml").write_text(yaml.safe_dump(am))
-        am_port = free_port()
-        procs.append(start(["prometheus-alertmanager", f"--config.file={amdir / 'alertmanager.yml'}",
-                            f"--storage.path={amdir / 'data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-                            "--cluster.listen-address="], tmp_path / "alertmanager.log"))
-        wait_ready(f"http://127.0.0.1:{am_port}/-/ready", procs[-1], tmp_path / "alertmanager.log")
+        am_proc, am_port = start_alertmanager(tmp_path, webhook.port)
+        procs.append(am_proc)
 
         # The run client's side: labels and a tiny budget in a real Pushgateway.
         gw_port = free_port()

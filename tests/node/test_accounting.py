@@ -6,14 +6,12 @@ from __future__ import annotations
 import pytest
 
 from carbonwatch.intensity.providers import IntensityInUse
-from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity
 from carbonwatch.node.model import GpuProcessUse
-from carbonwatch.node.sampler import Sampler, Sources
-from carbonwatch.node.sources.procs import ProcScanner
+from carbonwatch.node.sampler import Sampler
 from carbonwatch.registration import Registration
-from tests.fakeproc import FakeProc
-from tests.node.test_sampler import Clock, FakeGpus, FakeRapl, FlatModel, gpu
+from tests.node.test_sampler import FakeGpus, FakeRapl, gpu
+from tests.node.test_sampler import make as make_sampler
 
 
 class Grid:
@@ -27,16 +25,8 @@ class Grid:
 
 
 def make(tmp_path, grid, rapl=None, gpus=None, regs=(), resolver=None, linger=300.0, scan_interval=10.0):
-    proc = FakeProc(tmp_path / "proc", ncpu=4)
-    cfg = ExporterConfig()
-    cfg.process.run_linger = linger
-    cfg.process.scan_interval = scan_interval
-    clock = Clock()
-    src = Sources(procs=ProcScanner(str(tmp_path / "proc")), nvml=gpus, rapl=rapl, rapl_expected=rapl is not None,
-                  cpu_model=FlatModel(), memory_model=FlatModel(4.0))
-    s = Sampler(cfg, src, clock=clock, wall=lambda: 1.7e9 + clock.t, static_registrations=regs, boot_clock=clock,
-                intensity=grid, resolver=resolver)
-    return proc, clock, s
+    return make_sampler(tmp_path, linger=linger, rapl=rapl, gpus=gpus, regs=regs, intensity=grid,
+                        resolver=resolver, scan_interval=scan_interval)
 
 
 def step_gpu(gpus, clock, joules_so_far, power, pids):

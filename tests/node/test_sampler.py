@@ -62,15 +62,19 @@ class FlatModel:
         return self.watts * (0.5 + utilization)
 
 
-def make(tmp_path, top_n=20, linger=300.0, rapl=None, gpus=None, regs=()):
+def make(tmp_path, top_n=20, linger=300.0, rapl=None, gpus=None, regs=(), intensity=None, resolver=None,
+         scan_interval=10.0):
+    """A sampler on a fake /proc (4 CPUs), with the test's clock as both its monotonic and boot clock."""
     proc = FakeProc(tmp_path / "proc", ncpu=4)
     cfg = ExporterConfig()
     cfg.process.top_n = top_n
     cfg.process.run_linger = linger
+    cfg.process.scan_interval = scan_interval
     clock = Clock()
     src = Sources(procs=ProcScanner(str(tmp_path / "proc")), nvml=gpus, rapl=rapl, rapl_expected=rapl is not None,
                   cpu_model=FlatModel(), memory_model=FlatModel(4.0))
-    s = Sampler(cfg, src, clock=clock, wall=lambda: 1.7e9 + clock.t, static_registrations=regs, boot_clock=clock)
+    s = Sampler(cfg, src, clock=clock, wall=lambda: 1.7e9 + clock.t, static_registrations=regs, boot_clock=clock,
+                intensity=intensity, resolver=resolver)
     return proc, clock, s
 
 

@@ -93,7 +93,7 @@ BASE = (int(time.time()) // 60) * 60 - 3 * 3600
 STEP = 60
 
 
-def openmetrics() -> str:
+def fixture_series() -> dict[str, list[tuple[str, float, int]]]:
     """Job 4242 on hpc1 ran 30 minutes with the recording rules in place; 4242 on hpc2 too (another cluster's
     job of the same number); job 4243 on hpc1 ran on two nodes of a stack without the rules."""
     series: dict[str, list[tuple[str, float, int]]] = {}
@@ -125,23 +125,14 @@ def openmetrics() -> str:
                     750.0 if t - BASE <= 1800 else 0.0, t)
             add("carbonwatch_run_info", c + ',instance="n1:9860",origin="slurm",user="carol",project="bio",'
                 'model="fold",team=""', 1, t)
-    lines = []
-    for name, samples in series.items():
-        lines.append(f"# TYPE {name} gauge")
-        lines += [f"{name}{{{labels}}} {value} {t}" for labels, value, t in samples]
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
+    return series
 
 
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    d = tmp_path_factory.mktemp("prom")
-    (d / "series.om").write_text(openmetrics())
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "series.om"), str(d / "data")],
-                   check=True, capture_output=True, timeout=120)
-    prom = support.Prometheus.serving(d, d / "data")
+    prom = support.Prometheus.from_series(tmp_path_factory.mktemp("prom"), fixture_series())
     try:
         yield prom.url
     finally:

@@ -30,7 +30,7 @@ STEP = 60
 
 
 
-def openmetrics() -> str:
+def fixture_series() -> dict[str, list[tuple[str, float, int]]]:
     """r1 ran on node n1 (zone DE) from BASE to BASE+300 and succeeded; r2 runs from BASE+120 on."""
     series: dict[str, list[tuple[str, float, int]]] = {}
 
@@ -84,25 +84,12 @@ def openmetrics() -> str:
             add("run_id:carbonwatch_emissions_grams:forecast", r2, 123, t)
             add("run_id:carbonwatch_power_watts:sum", r2, 250, t)
             add("carbonwatch_run_energy_joules_total", r2 + ',instance="n2:9860",component="cpu"', 10.0 * t, t)
-    lines = []
-    for name, samples in series.items():
-        lines.append(f"# TYPE {name} gauge")
-        lines += [f"{name}{{{labels}}} {value} {t}" for labels, value, t in samples]
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
+    return series
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    d = tmp_path_factory.mktemp("prom")
-    (d / "series.om").write_text(openmetrics())
-    subprocess.run(
-        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "series.om"), str(d / "data")],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    prom = support.Prometheus.serving(d, d / "data")
+    prom = support.Prometheus.from_series(tmp_path_factory.mktemp("prom"), fixture_series())
     try:
         yield prom.url
     finally:
