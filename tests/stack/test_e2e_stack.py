@@ -276,8 +276,13 @@ def test_recorded_energy_and_emissions_match_the_exporter_and_the_intensity(stac
     cost = eventually(lambda: stack.query(f"last_over_time(run_id:carbonwatch_cost:total{{{sel}}}[10m])"), 60,
                       "the run's cost (from its 5-minute copies)")
     assert cost and cost[0]["metric"]["currency"] == "EUR"
-    # cost is priced from the runs' 5-minute copies of their energy (20 s here): at most the energy so far
-    assert 0 < float(cost[0]["value"][1]) <= recorded / 3.6e6 * PRICE_PER_KWH * 1.001
+    # cost is priced from the runs' 5-minute copies of their energy (20 s here): at most the energy the exporter had
+    # counted when the cost was evaluated (the copy may be newer than `recorded` above, read while still settling)
+    cost_at = stack.value(f"timestamp(run_id:carbonwatch_cost:total{{{sel}}})")
+    assert cost_at is not None
+    energy_then = stack.value(f"sum(last_over_time(carbonwatch_run_energy_joules_total{{{sel}}}[15m]))", at=cost_at)
+    assert energy_then is not None
+    assert 0 < float(cost[0]["value"][1]) <= energy_then / 3.6e6 * PRICE_PER_KWH * 1.001
 
 
 def test_the_budget_alert_reaches_the_webhook_through_alertmanager(stack: Stack, run: RunResult) -> None:
