@@ -17,9 +17,11 @@ power is the latest tick. `FakeGpu.true_energy_joules` is the ground truth. Per-
 before a process's first sample, the call answers NOT_FOUND. Sample timestamps are wall-clock µs
 (`NvmlStub.wall()`, which a test can move backwards with `wall_offset`).
 
-Call costs: `COSTS` holds the cost per call measured on an H100 (seconds); each C call adds its price to
-`cost_seconds`. Calls without a measured price are counted in `unmeasured_calls` and priced at
-`unmeasured_cost` (0 unless a benchmark sets it). `calls` counts C calls per function.
+Call costs: `COSTS` holds the CPU cost per call measured on an H200 (seconds; a field-values call that asks
+for the energy counter adds `ENERGY_FIELD_COST`); each C call adds its price to `cost_seconds`. Calls
+without a measured price are counted in `unmeasured_calls` and priced at `unmeasured_cost` (0 unless a
+benchmark sets it). `calls` counts C calls per function, and the field-values calls that asked for the
+counter under `ENERGY_FIELD`.
 
 Usage::
 
@@ -48,12 +50,20 @@ TICK = 0.1  # seconds between hardware updates of the counter and the averaged p
 AVERAGE_TICKS = 10  # NVML_FI_DEV_POWER_AVERAGE: 1 s
 SAMPLE_PERIOD = 1.0  # seconds between per-process utilisation samples
 SAMPLE_BUFFER = 512  # samples the driver keeps per GPU
-COSTS = {  # seconds per call, measured on an H100 (the first two warm, the last two cold)
-    "nvmlDeviceGetPowerUsage": 3.5e-3,
-    "nvmlDeviceGetFieldValues": 0.12e-3,
-    "nvmlDeviceGetTotalEnergyConsumption": 3.4e-3,
-    "nvmlDeviceGetUtilizationRates": 2.1e-3,
+# Seconds of CPU per C call, measured on an H200 with driver 580.159.04 (bench.nvml_calls: medians of calls
+# 100 ms apart under load, bench/results/nvml_calls_h200.json). A field-values call costs the power-field
+# price, plus ENERGY_FIELD_COST when it asks for the energy counter: reading the counter is what is slow.
+COSTS = {
+    "nvmlDeviceGetFieldValues": 0.077e-3,
+    "nvmlDeviceGetTotalEnergyConsumption": 3.15e-3,
+    "nvmlDeviceGetPowerUsage": 0.046e-3,
+    "nvmlDeviceGetUtilizationRates": 0.006e-3,
+    "nvmlDeviceGetProcessUtilization": 2.12e-3,
+    **{f"nvmlDeviceGet{kind}RunningProcesses{v}": 0.1e-3
+       for kind in ("Compute", "Graphics", "MPSCompute") for v in ("_v3", "_v2")},
 }
+ENERGY_FIELD_COST = 3.21e-3
+ENERGY_FIELD = "field values with the energy counter"  # counted in `calls` beside the C functions
 
 PowerProfile = Callable[[float], float]  # seconds since the stub started -> watts
 
@@ -509,6 +519,9 @@ class NvmlStub:
         if not gpu.field_values:
             raise _Ret(S.NVML_ERROR_NOT_SUPPORTED)
         values = (pynvml.c_nvmlFieldValue_t * count).from_address(out)
+        if any(v.fieldId == S.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION for v in values):
+            self.cost_seconds += ENERGY_FIELD_COST
+            self.calls[ENERGY_FIELD] += 1
         now_us = int(self.wall() * 1e6)
         for v in values:
             v.timestamp, v.latencyUsec = now_us, 0

@@ -24,6 +24,7 @@ def test_defaults_match_the_contract():
     assert cfg.sample_interval == 1.0
     assert cfg.zone == "world"
     assert all(cfg.collectors.values())
+    assert (cfg.gpu.counter_interval, cfg.gpu.process_interval) == (5.0, 5.0)
 
 
 def test_precedence_file_env_flags(tmp_path):
@@ -53,6 +54,8 @@ def test_precedence_file_env_flags(tmp_path):
         ("cpu: {min_watts_per_cpu: 1}", "cpu.min_watts_per_cpu and cpu.max_watts_per_cpu"),
         ("process: {top_n: -1}", "process.top_n"),
         ("process: {run_linger: soon}", "process.run_linger"),
+        ("gpu: {counter_interval: often}", "gpu.counter_interval:"),
+        ("gpu: {process_interval: -1s}", "gpu.process_interval:"),
         ("web: {listen_address: 'nope'}", "web.listen_address"),
         ("memory: 3", "memory: expected a mapping"),
         ("- a\n- b", "top level"),
@@ -85,6 +88,16 @@ def test_cli_exits_2_with_the_message(tmp_path):
     r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(tmp_path / "none.yml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_gpu_read_intervals_reach_the_nvml_source(tmp_path):
+    from carbonwatch.node.sampler import build_sources
+
+    f = tmp_path / "c.yml"
+    f.write_text("gpu: {counter_interval: 0s, process_interval: 2s}\ncollectors: {intensity: false}\n")
+    cfg = config_from_args(args("--config.file", str(f)), environ={})
+    nvml = build_sources(cfg).nvml
+    assert nvml is not None and (nvml.counter_seconds, nvml.process_seconds) == (0.0, 2.0)
 
 
 def test_durations_round_trip():

@@ -177,6 +177,29 @@ def test_gpu_process_outside_our_pid_namespace_is_still_counted(tmp_path):
     assert unknown.comm == "unknown" and unknown.power_watts["gpu"] == pytest.approx(100.0)
 
 
+def test_a_gpu_process_that_exited_since_the_last_sample_still_charges_its_run(tmp_path):
+    """NVML still names the process for the interval in which it exited; /proc no longer has it."""
+    gpus = FakeGpus([gpu(0, 0.0, 300.0, [GpuProcessUse(100, sm_util=90)])])
+    proc, clock, s = make(tmp_path, gpus=gpus)
+    proc.spawn(100, comm="train", run_id="r1")
+    s.sample_once()
+    clock.t += 1.0
+    gpus.readings = [gpu(0, 300.0, 300.0, [GpuProcessUse(100, sm_util=90)])]
+    s.sample_once()
+    proc.kill(100)
+    clock.t += 1.0
+    gpus.readings = [gpu(0, 600.0, 300.0, [GpuProcessUse(100, sm_util=90)])]
+    snap = s.sample_once()
+    check_sums(snap)
+    assert {r.run_id: r.energy_joules["gpu"] for r in snap.runs} == {"r1": pytest.approx(600.0)}
+    assert not [p for p in snap.processes if p.comm == "unknown"]
+    clock.t += 1.0
+    gpus.readings = [gpu(0, 700.0, 100.0)]  # gone from NVML too: its GPU is idle, unattributed
+    snap = s.sample_once()
+    assert snap.runs[0].energy_joules["gpu"] == pytest.approx(600.0)
+    assert snap.unattributed_power_watts["gpu"] == pytest.approx(100.0)
+
+
 def test_failing_source_marks_its_collector_and_others_carry_on(tmp_path):
     gpus = FakeGpus(fail=True)
     rapl = FakeRapl()

@@ -23,7 +23,17 @@ from carbonwatch.node.sources.nvml import (
     _field_number,
 )
 from tests.fakes import fake_nvml
-from tests.fakes.nvml_stub import FakeClock, FakeGpu, FakeMigDevice, FakeProcess, NvmlStub, bursty
+from tests.fakes.nvml_stub import (
+    COSTS,
+    ENERGY_FIELD,
+    ENERGY_FIELD_COST,
+    FakeClock,
+    FakeGpu,
+    FakeMigDevice,
+    FakeProcess,
+    NvmlStub,
+    bursty,
+)
 
 GiB = 1 << 30
 FIELDS = "nvmlDeviceGetFieldValues"
@@ -81,6 +91,9 @@ def make(clock: FakeClock) -> Iterator[Make]:
 
 
 def source_for(stub: NvmlStub, proc: Proc, clock: FakeClock, **kwargs: object) -> NvmlSource:
+    """A source over the stub that reads the counter and the per-process samples on every read (what one
+    read does), unless the test asks for the intervals."""
+    kwargs = {"counter_seconds": 0.0, "process_seconds": 0.0, **kwargs}
     return NvmlSource(pynvml, proc_root=str(proc.root), host_pids=True, clock=clock, wall=stub.wall,
                       **kwargs)  # type: ignore[arg-type]
 
@@ -254,6 +267,33 @@ def test_driver_reload_fails_one_read_then_nvml_is_initialised_again(make: Make,
     clock.advance(2.0)
     assert [r.energy_joules for r in source.read()] == pytest.approx([200.0, 200.0])
     assert stub.calls["nvmlInitWithFlags"] == 2
+
+
+def test_nothing_is_carried_across_a_failed_read(make: Make, proc: Proc, clock: FakeClock) -> None:
+    """With the counter read every 5 s: after a driver reload (a failed read) and a lost GPU, the next read
+    is of the counter itself, never the averaged power integrated over the gap."""
+    stub = make(2, watts=100.0)
+    source = source_for(stub, proc, clock, counter_seconds=5.0)
+    clock.advance(10.0)
+    for _ in range(3):
+        source.read()
+        clock.advance(1.0)  # t=13: the counter was read at t=10 (1,000 J); t=11, 12 were carried
+    stub.driver_reload()
+    with pytest.raises(SourceError, match="Uninitialized"):
+        source.read()
+    clock.advance(1.0)
+    stub.reset_counts()
+    assert [r.energy_joules for r in source.read()] == pytest.approx([100.0, 100.0])  # since the reload
+    assert stub.calls[ENERGY_FIELD] == 2
+    stub.board[1].lose()
+    clock.advance(1.0)
+    assert [r.index for r in source.read()] == [0]
+    stub.board[1].recover()
+    clock.advance(2.0)
+    stub.reset_counts()
+    r = by_index(source.read())
+    assert stub.calls[ENERGY_FIELD] == 1  # GPU 1's counter; GPU 0 is carried
+    assert r[1].energy_joules == pytest.approx(400.0) and r[0].energy_joules == pytest.approx(400.0)
 
 
 def test_a_lost_gpu_is_left_out_and_reported_while_the_others_read(make: Make, proc: Proc, clock: FakeClock) -> None:
@@ -572,32 +612,156 @@ def test_the_pid_namespace_is_detected_from_proc(make: Make, clock: FakeClock) -
 
 
 def test_steady_state_calls_per_gpu_and_sample(make: Make, proc: Proc, clock: FakeClock) -> None:
-    """At 1 Hz: one field-values call for the energy, the per-process samples; the process lists every
-    list_seconds, the utilisation gauge every gauge_seconds. No 3.4-3.5 ms call at all."""
+    """At 1 Hz with the defaults: one field-values call per GPU and sample, asking for the energy counter
+    every 5th; the per-process samples every 5 s, the process lists every second, the utilisation gauge
+    every 30 s. No dedicated counter or power call at all."""
     pids = [2000 + i for i in range(16)]
     proc.add(*pids)
     gpus = [FakeGpu(i, 300.0, processes=[FakeProcess(pids[2 * i], sm_util=60),
                                          FakeProcess(pids[2 * i + 1], sm_util=20)]) for i in range(8)]
     stub = make(gpus)
-    source = source_for(stub, proc, clock, gauge_seconds=30.0, list_seconds=10.0)
-    source.read()
-    clock.advance(1.0)
-    source.read()
+    source = NvmlSource(pynvml, proc_root=str(proc.root), host_pids=True, clock=clock, wall=stub.wall)
+    for _ in range(6):  # the first per-process samples come with the read 5 s after the first
+        source.read()
+        clock.advance(1.0)
     stub.reset_counts()
     for _ in range(60):
         clock.advance(1.0)
         readings = source.read()
         assert len(readings) == 8 and all(len(r.processes) == 2 for r in readings)
+        # between the per-process reads every listed process keeps its figures
+        assert all(sorted(p.sm_util or 0 for p in r.processes) == [20, 60] for r in readings)
     per = {name: n / (60 * 8) for name, n in stub.calls.items() if name != "nvmlDeviceGetCount_v2"}
-    assert per[FIELDS] == 1.0
-    assert per[PROC_UTIL] == 1.0  # into a buffer sized from earlier reads: no sizing call
-    assert per[COMPUTE] == pytest.approx(2 / 10)  # sizing and fill, every 10 s
+    assert per[FIELDS] == 1.0 and per[ENERGY_FIELD] == pytest.approx(1 / 5)
+    assert per[PROC_UTIL] == pytest.approx(1 / 5)  # into a buffer sized from earlier reads: no sizing call
+    assert per[COMPUTE] == 2  # sizing and fill
+    assert per["nvmlDeviceGetGraphicsRunningProcesses_v3"] == per["nvmlDeviceGetMPSComputeRunningProcesses_v3"] == 1
     assert per["nvmlDeviceGetUtilizationRates"] == pytest.approx(1 / 30)
     assert ENERGY_CALL not in per and "nvmlDeviceGetPowerUsage" not in per
-    assert stub.cost_seconds / (60 * 8) < 0.3e-3  # the calls with a price measured on an H100
+    # at the H200's prices: the counter and the per-process samples are nearly all of it
+    expected = (ENERGY_FIELD_COST + COSTS[PROC_UTIL]) / 5 + COSTS[FIELDS] + 4 * COSTS[COMPUTE] \
+        + COSTS["nvmlDeviceGetUtilizationRates"] / 30
+    assert stub.cost_seconds / (60 * 8) == pytest.approx(expected, rel=0.05)
 
 
-# -- pieces ---------------------------------------------------------------------------------------------
+def test_a_new_process_is_read_at_once_when_listed(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    proc.add(5001, 5002)
+    gpu = FakeGpu(0, 400.0, processes=[FakeProcess(5001, sm_util=80)])
+    stub = make([gpu])
+    source = source_for(stub, proc, clock, process_seconds=5.0)
+    for _ in range(7):
+        source.read()
+        clock.advance(1.0)  # the periodic per-process read was at t=5
+    gpu.processes.append(FakeProcess(5002, sm_util=10))
+    stub.reset_counts()
+    r = source.read()[0]  # t=7: listed (lists every second) and read at once, before its first sample
+    assert stub.calls[PROC_UTIL] == 1 and procs_of(r)[5001][0] == 80
+    clock.advance(1.0)
+    r = source.read()[0]  # t=8: listed before: the samples wait for 5 s after the last read (t=12)
+    assert procs_of(r)[5002][0] == 0.0
+    clock.advance(4.0)
+    r = source.read()[0]
+    assert procs_of(r)[5002][0] == 10 and procs_of(r)[5001][0] == 80
+
+
+def test_samples_of_a_process_gone_before_the_previous_read_say_nothing_about_this_interval(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    """Per-process reads cover several seconds: a process that exited since the previous read used the GPU in
+    this interval and keeps its figures once more; one already gone at the previous read gets none."""
+    proc.add(6001, 6002)
+    gpu = FakeGpu(0, 400.0, processes=[FakeProcess(6001, sm_util=50), FakeProcess(6002, sm_util=50)])
+    stub = make([gpu])
+    source = source_for(stub, proc, clock, process_seconds=5.0)
+    for _ in range(6):
+        source.read()
+        clock.advance(1.0)
+    proc.remove(6002)  # t=6; the driver still has its samples up to now
+    r = source.read()[0]
+    assert procs_of(r)[6002][0] == 50  # alive at the previous read: the interval it exited in is partly its
+    clock.advance(1.0)
+    assert 6002 not in procs_of(source.read()[0])
+    clock.advance(3.0)
+    r = source.read()[0]  # t=10: the periodic read names 6002 (samples from t=6), gone since before t=6
+    assert set(procs_of(r)) == {6001}
+    proc.remove(6001)  # exits within the next interval, between per-process reads
+    clock.advance(1.0)
+    r = source.read()[0]
+    assert procs_of(r)[6001][0] == 50  # it was there at the previous read: this interval is partly its
+    clock.advance(1.0)
+    assert 6001 not in procs_of(source.read()[0])
+    proc.add(6003)
+    gpu.processes = [FakeProcess(6003, sm_util=70)]
+    clock.advance(1.0)
+    source.read()
+    proc.remove(6003)  # exits just before a periodic read that names it
+    clock.advance(5.0)
+    assert procs_of(source.read()[0])[6003][0] == 70
+
+
+def test_between_counter_reads_the_counter_is_carried_by_the_averaged_power(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    """A bursty GPU at 1 Hz, the counter read every 5 s: each read of the counter gives the counter itself
+    (or an estimate ahead of it, held so the series never goes back); in between, the averaged power carries
+    it. The averaged power is a trailing 1 s mean, so the estimate lags the counter by about half a second:
+    between reads it is off by at most half a second of the swing (560 W here), and the total stays the
+    counter's."""
+    stub = make([FakeGpu(0, bursty(90.0, 650.0, period=2.3, duty=0.4))])
+    source = source_for(stub, proc, clock, counter_seconds=5.0)
+    previous = source.read()[0].energy_joules
+    assert previous is not None
+    lag = 0.6 * (650 - 90)
+    for t in range(1, 601):
+        clock.advance(1.0)
+        stub.reset_counts()
+        r = source.read()[0]
+        assert r.energy_source == ENERGY_COUNTER and r.energy_joules is not None
+        assert r.energy_joules >= previous  # never backwards
+        real = stub.board[0].counter_mj / 1000.0
+        if t % 5 == 0:
+            assert stub.calls[ENERGY_FIELD] == 1
+            assert r.energy_joules >= real - 1e-3
+            assert r.energy_joules - real < lag
+        else:
+            assert stub.calls[ENERGY_FIELD] == 0 and stub.calls[FIELDS] == 1
+            assert abs(r.energy_joules - real) < lag
+        previous = r.energy_joules
+    assert previous == pytest.approx(stub.board[0].counter_mj / 1000.0, abs=lag)
+
+
+def test_a_counter_reset_between_reads_passes_through_at_the_next_read(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    stub = make(1, watts=100.0)
+    source = source_for(stub, proc, clock, counter_seconds=5.0)
+    clock.advance(10.0)
+    assert source.read()[0].energy_joules == pytest.approx(1000.0)
+    stub.board[0].reset_counter()
+    clock.advance(1.0)
+    assert source.read()[0].energy_joules == pytest.approx(1100.0)  # carried: the reset is not seen yet
+    clock.advance(4.0)
+    assert source.read()[0].energy_joules == pytest.approx(500.0)  # the counter itself: the sampler sees it
+    clock.advance(1.0)
+    assert source.read()[0].energy_joules == pytest.approx(600.0)
+
+
+def test_without_the_averaged_power_field_the_counter_is_read_every_time(
+    make: Make, proc: Proc, clock: FakeClock
+) -> None:
+    stub = make([FakeGpu(0, 200.0, power_average_field=False)])
+    source = source_for(stub, proc, clock, counter_seconds=5.0)
+    source.read()
+    stub.reset_counts()
+    for _ in range(4):
+        clock.advance(1.0)
+        source.read()
+    assert stub.calls[ENERGY_FIELD] == 4
+
+
+# # -- pieces ---------------------------------------------------------------------------------------------
 
 
 def test_field_values_are_read_by_their_value_type() -> None:

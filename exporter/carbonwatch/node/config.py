@@ -40,6 +40,8 @@ class MemoryConfig:
 @dataclass
 class GpuConfig:
     nvml_module: str = "pynvml"  # dotted path of an NVML-compatible module (tests inject a fake)
+    counter_interval: float = 5.0  # seconds between reads of the energy counter (carried by averaged power between)
+    process_interval: float = 5.0  # seconds between reads of the per-process utilisation samples
 
 
 @dataclass
@@ -211,6 +213,9 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     _unknown("gpu", gpu, {f.name for f in fields(GpuConfig)})
     if "nvml_module" in gpu:
         cfg.gpu.nvml_module = str(_check_type("gpu.nvml_module", gpu["nvml_module"], str))
+    for key in ("counter_interval", "process_interval"):
+        if key in gpu:
+            setattr(cfg.gpu, key, parse_duration(gpu[key], f"gpu.{key}"))
     proc = _section(data, "process")
     _unknown("process", proc, {f.name for f in fields(ProcessConfig)})
     if "proc_root" in proc:

@@ -118,7 +118,10 @@ class GpuMeter:
 
     def measure(self, gpus: list[GpuReading], iv: Interval) -> Measured:
         out = Measured()
-        pid_index = {k[0]: k for k in iv.procs}
+        # a GPU user that exited since the last sample (gone, or a zombie /proc can no longer read) is still
+        # the process, and in the run, it was: the interval's GPU energy it used is its own, not an unknown pid's
+        pid_index = {k[0]: k for k in iv.prev}
+        pid_index.update({k[0]: k for k in iv.procs})
         sources = []
         for g in gpus:
             de, src = self._delta(g, iv.dt)

@@ -106,7 +106,8 @@ def build_sources(cfg: ExporterConfig) -> Sources:
         if cfg.gpu.nvml_module != "pynvml":
             module = _import_nvml(cfg.gpu.nvml_module)
         # connects on its first read: a missing driver is reported per sample; NVML pids are checked in proc_root
-        s.nvml = NvmlSource(module, proc_root=cfg.process.proc_root)
+        s.nvml = NvmlSource(module, proc_root=cfg.process.proc_root, counter_seconds=cfg.gpu.counter_interval,
+                            process_seconds=cfg.gpu.process_interval)
     want_rapl = (on.get("cpu", True) and cfg.cpu.source != "model") or (
         on.get("memory", True) and cfg.memory.source != "model"
     )
@@ -250,8 +251,8 @@ class Sampler:
                       self._folded_rss, self._memory_total())
 
         measured: dict[str, Measured] = {"gpu": self.gpu_meter.measure(gpus, iv)}
-        for key in measured["gpu"].unknown:  # on a GPU but not in our /proc (another pid namespace)
-            procs[key] = ProcessReading(key[0], 0, "unknown", 0.0, 0, -1.0, None)
+        for key in measured["gpu"].unknown:  # exited since the last sample, or not in our /proc (pid namespace)
+            procs[key] = prev[key] if key in prev else ProcessReading(key[0], 0, "unknown", 0.0, 0, -1.0, None)
         if self.cfg.collectors.get("cpu", True):
             measured["cpu"] = self.cpu_meter.measure(rapl, iv, status)
         if self.cfg.collectors.get("memory", True):

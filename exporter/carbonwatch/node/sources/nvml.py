@@ -8,29 +8,40 @@ the 1 s averaged power and the instant power. The energy comes from the best of 
 * `nvml_counter`: the counter (Volta and newer). Where the driver does not serve it as a field, the
   dedicated `nvmlDeviceGetTotalEnergyConsumption` (3.4 ms) is used instead; on the first read of each GPU
   both are read once and compared, and a field that disagrees with the dedicated call is not used.
+  Reading the counter is the slow part either way (3.3 ms of CPU a read on an H200 with driver 580, where
+  the power fields alone cost 0.08 ms), so it is read every `counter_seconds`; the reads in between ask
+  for the power fields only and carry the counter forward by the averaged power (trapezoid). Each real read
+  resets the carried value to the counter (never backwards: an estimate ahead of the counter is held until
+  the counter passes it; a counter below its previous real read is a driver reload and passes through, and
+  what was carried since the last real read is then counted again: at most one interval), so totals are
+  the counter's at every real read and off by at most one interval's estimate in between. Nothing is
+  carried across a failed read or a new NVML session: the next read is of the counter itself.
 * `nvml_power_average`: no counter, the 1 s averaged power field (integrated by the sampler).
 * `nvml_power_instant`: neither, the instant power field, else `nvmlDeviceGetPowerUsage` (3.5 ms).
 
 A failure anywhere in the process part never drops a GPU's energy: the reading is returned and the
 problem named in `last_errors`.
 
-Per-process shares, every sample, where the GPU supports them: `nvmlDeviceGetProcessUtilization` since the
-newest sample seen, in one C call into a buffer sized from earlier reads (pynvml's wrapper, which makes a
-sizing call first, when it is too small). NVML writes about one sample per process per second, (0, 0)
-for an idle context. A process with new samples gets their mean SM / memory-controller use; a listed
-process without a new sample keeps its last figures for `carry_seconds` (a sample that has not arrived yet
-is not idleness). The
-timestamp survives failures; one ahead of the wall clock (the clock went back) is replaced by the time of
-the previous read, and samples stamped in the future are ignored. Insufficient Size (more samples or
+Per-process shares, every `process_seconds` (2.1 ms of CPU a call on the H200), where the GPU supports
+them: `nvmlDeviceGetProcessUtilization` since the newest sample seen, in one C call into a buffer sized
+from earlier reads (pynvml's wrapper, which makes a sizing call first, when it is too small). NVML writes
+about one sample per process per second, (0, 0) for an idle context. A process with new samples gets
+their mean SM / memory-controller use; between reads every listed process keeps its figures, and a listed
+process without a new sample keeps them for `carry_seconds` after the read that found none (a sample that
+has not arrived yet is not idleness); a new process has figures from the first read after its first
+sample (until then the sampler splits by memory where no process shows SM time). The timestamp survives
+failures; one ahead of the wall clock (the clock went back) is replaced by the time of the previous read,
+and samples stamped in the future are ignored. Insufficient Size (more samples or
 processes between pynvml's sizing call and its fill call) is retried.
 
 Process lists (compute, graphics and MPS clients, `_v3` with a fallback to `_v2` on drivers older than
 R510, where pynvml raises NVMLLibraryMismatchError) give the used memory and the processes without
-samples. They change rarely, so they are read every `list_seconds` and at once when a sample names an
-unlisted pid. Entries are checked (the pid exists in /proc, the memory fits the board); when a list of two
-or more does not check out, it is read again raw and parsed with the 32-byte entry layout some R535
-drivers write, which is kept for that call when it checks out better. MPS clients are listed by the MPS
-call only; the MPS server's SM share goes to its clients (by memory) and the server gets none.
+samples. They are read every `list_seconds` (1 s: 0.16 ms on the H200; this is how a new process is found
+while the per-process samples wait, and a newly listed process has its samples read at once), and at once
+when a sample names an unlisted pid. Entries are checked (the pid exists in /proc, the memory fits the
+board); when a list of two or more does not check out, it is read again raw and parsed with the 32-byte
+entry layout some R535 drivers write, which is kept for that call when it checks out better. MPS clients
+are listed by the MPS call only; the MPS server's SM share goes to its clients (by memory) and the server gets none.
 
 MIG (one reading per board, like without MIG, so the board's counter stays one series): per-process
 utilisation does not exist in MIG mode, and a board-level process list needs privileges, so processes are
@@ -156,6 +167,7 @@ class _Gpu:
     energy_call: bool = False  # the counter through nvmlDeviceGetTotalEnergyConsumption
     energy_checked: bool = False
     power_usage: bool = True
+    average: float | None = None  # the averaged power field of the last read, W
     utilization: bool = True
     process_util: bool = True
     sample_capacity: int = 16  # samples the one-call utilisation read has room for
@@ -185,6 +197,12 @@ class _State:
     util: float | None = None
     util_at: float | None = None
     counter: tuple[float, float] | None = None  # (joules, monotonic) of the previous read, for power
+    real: tuple[float, float] | None = None  # (joules, monotonic) of the last read of the counter itself
+    carried_joules: float = 0.0  # averaged power integrated since `real`
+    reported: float | None = None  # the counter value the previous reading gave (never goes back)
+    power: tuple[float, float] | None = None  # (averaged watts, monotonic) of the previous read
+    samples_at: float | None = None  # monotonic time of the last process-utilisation read
+    sampled: set[int] = field(default_factory=set)  # pids listed or sampled at that read
 
 
 class NvmlSource:
@@ -200,14 +218,17 @@ class NvmlSource:
         host_pids: bool | None = None,
         read_processes: bool = True,
         gauge_seconds: float = 30.0,
-        list_seconds: float = 10.0,
+        list_seconds: float = 1.0,
         carry_seconds: float = 5.0,
         mig_seconds: float = 60.0,
+        counter_seconds: float = 5.0,
+        process_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         for name, value in (("gauge_seconds", gauge_seconds), ("list_seconds", list_seconds),
-                            ("carry_seconds", carry_seconds), ("mig_seconds", mig_seconds)):
+                            ("carry_seconds", carry_seconds), ("mig_seconds", mig_seconds),
+                            ("counter_seconds", counter_seconds), ("process_seconds", process_seconds)):
             if value < 0:
                 raise ValueError(f"NvmlSource: {name} must be >= 0 seconds, got {value!r}")
         self._nvml = nvml
@@ -218,6 +239,8 @@ class NvmlSource:
         self.list_seconds = list_seconds
         self.carry_seconds = carry_seconds
         self.mig_seconds = mig_seconds
+        self.counter_seconds = counter_seconds
+        self.process_seconds = process_seconds
         self._clock = clock
         self._wall = wall
         self._initialized = False
@@ -257,6 +280,8 @@ class NvmlSource:
             raise SourceError(f"NVML initialisation failed: {exc}") from exc
         self._initialized = True
         self._gpus.clear()
+        for state in self._state.values():
+            state.power = None  # a new session reads each counter first: nothing is carried across a gap
         return nvml
 
     def _drop_session(self) -> None:
@@ -309,15 +334,17 @@ class NvmlSource:
         for index in range(count):
             try:
                 gpu = self._gpu(nvml, index)
-                energy, watts, source = self._energy(nvml, gpu)
+                state = self._state.setdefault(gpu.uuid, _State())
+                now = self._clock()
+                energy, watts, source = self._counter(nvml, gpu, state, now)
             except nvml.NVMLError as exc:
                 self._fatal_if_mismatch(exc)
                 cached = self._gpus.pop(index, None)
+                if cached is not None and cached.uuid in self._state:
+                    self._state[cached.uuid].power = None  # its next read is of the counter itself
                 errors.append(f"GPU {index}" + (f" ({cached.uuid})" if cached else "") + f": {exc}")
                 reinit = reinit or _code(exc) in _REINIT
                 continue
-            state = self._state.setdefault(gpu.uuid, _State())
-            now = self._clock()
             if energy is not None:
                 if watts is None and state.counter is not None and now > state.counter[1]:
                     watts = max(energy - state.counter[0], 0.0) / (now - state.counter[1])
@@ -426,13 +453,43 @@ class NvmlSource:
 
     # -- energy --------------------------------------------------------------------------------
 
-    def _energy(self, nvml: Any, gpu: _Gpu) -> tuple[float | None, float | None, str]:
+    def _counter(self, nvml: Any, gpu: _Gpu, state: _State, now: float) -> tuple[float | None, float | None, str]:
+        """`_energy`, reading the counter itself every `counter_seconds` and carrying it forward by the
+        averaged power in between (where the GPU has that field)."""
+        cheap = gpu.field_values and _FI_POWER_AVERAGE in gpu.fields
+        due = (not cheap or state.real is None or state.reported is None
+               or now - state.real[1] >= self.counter_seconds - 1e-6)
+        if not due:
+            assert state.real is not None and state.reported is not None
+            _, watts, _ = self._energy(nvml, gpu, with_counter=False)
+            average = gpu.average
+            if average is not None and state.power is not None:
+                state.carried_joules += max(now - state.power[1], 0.0) * (average + state.power[0]) / 2.0
+                state.power = (average, now)
+                state.reported = max(state.reported, state.real[0] + state.carried_joules)
+                return state.reported, average, ENERGY_COUNTER
+            # the averaged power went missing: read the counter now
+        energy, watts, source = self._energy(nvml, gpu)
+        if energy is None or source != ENERGY_COUNTER:
+            state.real = state.reported = state.power = None
+            return energy, watts, source
+        reported = energy
+        if state.real is not None and state.reported is not None and energy >= state.real[0]:
+            reported = max(energy, state.reported)  # an estimate ahead of the counter is held, never taken back
+        # (a counter below its previous read is a driver reload: it passes through, for the sampler to see)
+        state.real, state.carried_joules, state.reported = (energy, now), 0.0, reported
+        state.power = (gpu.average, now) if gpu.average is not None else None
+        return reported, watts, source
+
+    def _energy(self, nvml: Any, gpu: _Gpu, with_counter: bool = True) -> tuple[float | None, float | None, str]:
         """(counter in J or None, power in W or None, energy source), from one field-values call where the
-        driver has one."""
+        driver has one; `with_counter=False` asks for the power fields only."""
         got: dict[int, float] = {}
-        if gpu.field_values and gpu.fields:
+        gpu.average = None
+        wanted = gpu.fields if with_counter else [f for f in gpu.fields if f != _FI_TOTAL_ENERGY]
+        if gpu.field_values and wanted:
             try:
-                values = nvml.nvmlDeviceGetFieldValues(gpu.handle, list(gpu.fields))
+                values = nvml.nvmlDeviceGetFieldValues(gpu.handle, list(wanted))
             except nvml.NVMLError as exc:
                 if _code(exc) not in _CANNOT_TELL:
                     raise
@@ -444,9 +501,10 @@ class NvmlSource:
         energy = got.get(_FI_TOTAL_ENERGY)
         if energy is not None and not gpu.energy_checked:
             energy = self._check_energy_field(nvml, gpu, energy, got)
-        if energy is None and gpu.energy_call:
+        if energy is None and gpu.energy_call and with_counter:
             energy = self._energy_call(nvml, gpu)
         average, instant = got.get(_FI_POWER_AVERAGE), got.get(_FI_POWER_INSTANT)
+        gpu.average = average
         if energy is not None:
             return energy, average if average is not None else instant, ENERGY_COUNTER
         if average is not None:
@@ -539,44 +597,62 @@ class NvmlSource:
     ) -> tuple[GpuProcessUse, ...]:
         if gpu.mig is not None:
             return self._mig_processes(nvml, gpu, state, now, who, errors)
-        samples = self._samples(nvml, gpu, state, who, errors)
-        due = state.lists_at is None or now - state.lists_at >= self.list_seconds
+        before = {e.pid for e in state.listed}  # alive at the previous read
+        listed_now = state.lists_at is None or now - state.lists_at >= self.list_seconds
+        if listed_now:
+            self._read_lists(nvml, gpu, state, now, who, errors)
+        # a process listed since the last per-process read is read at once, not up to process_seconds late
+        fresh = any(e.pid not in state.sampled for e in state.listed)
+        samples = self._samples(nvml, gpu, state, now, who, errors, force=fresh)
         unlisted = set(samples or ()) - {e.pid for e in state.listed}
-        if due or any(self._alive(pid) for pid in unlisted):  # a process started since the lists were read
-            try:
-                state.listed = self._lists(nvml, gpu, gpu.handle)
-                state.lists_at = now
-            except _NvmlRefused as exc:
-                errors.append(f"{who}: {exc}")
-                state.lists_at = now
-            except nvml.NVMLError as exc:
-                self._fatal_if_mismatch(exc)
-                errors.append(f"{who}: process lists: {exc}")
+        if not listed_now and any(self._alive(pid) for pid in unlisted):  # started since the lists were read
+            self._read_lists(nvml, gpu, state, now, who, errors)
         listed = [e for e in state.listed if self._alive(e.pid)]
         state.listed = listed
 
         if samples is None:  # no per-process utilisation on this GPU: memory share in the sampler
             return _merge(listed, None)
+        # a process that exited since the previous read still used the GPU in this interval; samples of one
+        # that was gone before it (from a read that covers several seconds) say nothing about this interval
+        alive = {e.pid for e in listed}
+        samples = {pid: f for pid, f in samples.items() if pid in alive or pid in before}
+        if state.samples_at == now:
+            state.sampled = alive | set(samples)
         for pid, (sm, mem) in samples.items():
             state.carried[pid] = _Carried(sm, mem, now)
-        alive = {e.pid for e in listed} | set(samples)
+        alive |= set(samples) | before  # (those that exited since the previous read: their last interval)
         state.carried = {
             pid: c for pid, c in state.carried.items()
-            if pid in samples or (pid in alive and now - c.at <= self.carry_seconds)
+            if pid in samples or (pid in alive and (state.samples_at or now) - c.at <= self.carry_seconds)
         }
         figures = {pid: (c.sm, c.mem) for pid, c in state.carried.items()}
         return _merge(listed, figures)
+
+    def _read_lists(self, nvml: Any, gpu: _Gpu, state: _State, now: float, who: str, errors: list[str]) -> None:
+        try:
+            state.listed = self._lists(nvml, gpu, gpu.handle)
+            state.lists_at = now
+        except _NvmlRefused as exc:
+            errors.append(f"{who}: {exc}")
+            state.lists_at = now
+        except nvml.NVMLError as exc:
+            self._fatal_if_mismatch(exc)
+            errors.append(f"{who}: process lists: {exc}")
 
     def _alive(self, pid: int) -> bool:
         return os.path.exists(f"{self.proc_root}/{pid}")
 
     def _samples(
-        self, nvml: Any, gpu: _Gpu, state: _State, who: str, errors: list[str]
+        self, nvml: Any, gpu: _Gpu, state: _State, now: float, who: str, errors: list[str], force: bool = False
     ) -> dict[int, tuple[float, float]] | None:
-        """pid -> (SM %, memory %), the mean of the samples newer than the newest seen; None when this GPU
-        has no per-process utilisation."""
+        """pid -> (SM %, memory %), the mean of the samples newer than the newest seen (every
+        `process_seconds`, or now if `force`; empty in between); None when this GPU has no per-process
+        utilisation."""
         if not gpu.process_util:
             return None
+        if not force and state.samples_at is not None and now - state.samples_at < self.process_seconds - 1e-6:
+            return {}
+        state.samples_at = now
         now_us = int(self._wall() * 1e6)
         since = state.last_seen_us
         if since <= 0 or since > now_us:  # first read, or the wall clock went back
