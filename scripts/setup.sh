@@ -13,7 +13,7 @@ for bin in prometheus promtool prometheus-pushgateway prometheus-alertmanager am
 done
 pkgs=()
 if [ ${#need[@]} -gt 0 ]; then pkgs+=(prometheus prometheus-pushgateway prometheus-alertmanager); fi
-# VictoriaMetrics, vmagent and vmalert: the remote-ruler path (docs/stack.md, tests/test_remote_ruler.py).
+# VictoriaMetrics, vmagent and vmalert: the remote-ruler path (docs/stack.md, tests/monitoring/test_remote_ruler.py).
 for bin in victoria-metrics vmagent vmalert; do
   command -v "$bin" >/dev/null 2>&1 || { pkgs+=(victoria-metrics); break; }
 done

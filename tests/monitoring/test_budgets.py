@@ -12,7 +12,7 @@ from carbonwatch.budgets import Budget, parse_budgets, render_file, render_rules
 from carbonwatch.cli import main as cli_main
 from carbonwatch.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_rules_file_is_up_to_date() -> None:

@@ -26,9 +26,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.exporter_proc import Exporter, start_exporter
-from tests.test_alerting import Serve, free_port, start, start_alertmanager, wait_ready
+from tests.monitoring.test_alerting import Serve, free_port, start, start_alertmanager, wait_ready
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("victoria-metrics", "vmalert", "prometheus-alertmanager", "prometheus-pushgateway")
 RUN_ID = "vm-e2e"
 LATENCY_S = 30.0  # VictoriaMetrics' default -search.latencyOffset

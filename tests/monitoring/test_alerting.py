@@ -22,7 +22,7 @@ import yaml
 
 from carbonwatch.stack.config import render_prometheus_config, render_rules
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AM_CONFIG = ROOT / "alerting" / "alertmanager.yml"
 
 

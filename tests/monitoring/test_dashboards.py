@@ -17,7 +17,7 @@ import yaml
 from carbonwatch import dashboards
 from carbonwatch.contracts import SPECS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASH_DIR = ROOT / "grafana" / "dashboards"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 

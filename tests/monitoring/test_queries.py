@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from carbonwatch.equivalents import FACTORS
-from tests.test_rules import counter_totals
+from tests.monitoring.test_rules import counter_totals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "queries.md"
 SCENARIO = ROOT / "tests" / "rules" / "accounting.test.yml"
 # Added to the scenario: the training client's sample count and the nodes' own emissions counters.

@@ -15,7 +15,7 @@ import yaml
 
 from carbonwatch.equivalents import FACTORS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "rules" / "carbonwatch.rules.yml"
 ALERTS = ROOT / "alerting" / "alerts.yml"
 BUDGET_RULES = ROOT / "alerting" / "budgets.rules.yml"
