@@ -54,7 +54,7 @@ def test_fast_renderer_writes_exactly_what_prometheus_client_writes():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-    from carbonwatch.node.collector import render_text
+    from carbonwatch.node.web import render_text
 
     class C:
         def collect(self):

@@ -32,7 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.node.collector import render_text
 from carbonwatch.node.web import (
     BasicAuth,
     RateLimiter,
@@ -42,6 +41,7 @@ from carbonwatch.node.web import (
     parse_web_config,
     render_metrics,
     render_openmetrics,
+    render_text,
     serve,
 )
 from carbonwatch.stack.config import issue_certificate, new_ca

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString as _float_to_go_string
+from prometheus_client.registry import Collector
 
 from carbonwatch.contracts import BY_NAME, COMPONENTS, RUN_LABELS
 from carbonwatch.node.identity import IdentityStats
@@ -147,45 +145,3 @@ def _status(st: CollectorStatus) -> str:
     if st.absent:
         return "absent"
     return "ok" if st.success else "failed"
-
-
-def floatToGoString(value: float) -> str:  # noqa: N802 (the library's name)
-    return str(_float_to_go_string(value))  # type: ignore[no-untyped-call]
-
-
-def _escape_value(v: str) -> str:
-    if "\\" in v or "\n" in v or '"' in v:
-        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return v
-
-
-def render_text(collectors: Iterable[Collector]) -> bytes:
-    """The Prometheus text format (0.0.4) for our families, byte for byte what prometheus-client's
-    `generate_latest` writes for them, in about a third of the time: label names here are fixed and
-    valid, so only values need escaping. Families of other types are handed to the library."""
-    out: list[str] = []
-    for collector in collectors:
-        for metric in collector.collect():
-            if metric.type not in ("gauge", "counter"):
-                out.append(_library_render(metric))
-                continue
-            name = metric.name + "_total" if metric.type == "counter" else metric.name
-            doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-            out.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
-            for s in metric.samples:
-                if s.labels:
-                    labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(s.labels.items()))
-                    out.append(f"{s.name}{{{labels}}} {floatToGoString(s.value)}\n")
-                else:
-                    out.append(f"{s.name} {floatToGoString(s.value)}\n")
-    return "".join(out).encode("utf-8")
-
-
-def _library_render(metric: Metric) -> str:
-    class _One(Collector):
-        def collect(self) -> Iterator[Metric]:
-            yield metric
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_One())
-    return generate_latest(registry).decode("utf-8")

@@ -21,7 +21,7 @@ from carbonwatch.intensity.collector import IntensityCollector
 from carbonwatch.intensity.feed import FEED_PATH, IntensityFeed, feed_from_config
 from carbonwatch.intensity.providers import settings_from_config, validate_zone
 from carbonwatch.node import web
-from carbonwatch.node.collector import SnapshotCollector, render_text
+from carbonwatch.node.collector import SnapshotCollector
 from carbonwatch.node.config import (
     COLLECTORS,
     ExporterConfig,
@@ -253,7 +253,7 @@ def serve(
         links=(("/metrics", "Metrics"),) + tuple((path, path) for path in (routes or {})),
     )
     return web.serve(host, port, [registry], web_config_file=web_config_file or None, routes=routes,
-                     landing=landing, what=what, text_renderer=render_text)  # fmt: skip
+                     landing=landing, what=what)
 
 
 def main(args: argparse.Namespace) -> int:
