@@ -28,7 +28,6 @@ import importlib
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,12 +37,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from carbonwatch.node.sources import pidns
+from carbonwatch.node.sources.nvml import NvmlSource, _field_number
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = "gpu-check-1"
-FI_ENERGY, FI_AVG, FI_INSTANT = 83, 185, 186
+FI_ENERGY = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+FI_AVG, FI_INSTANT = pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.NVML_FI_DEV_POWER_INSTANT
 WINDOW = 36
+SCRAPE_EVERY = 15.0  # seconds, as Prometheus would
 
 LOAD = r"""
 import os, random, sys, time
@@ -75,12 +82,6 @@ print("DONE", flush=True)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ms(values: list[float]) -> dict[str, float]:
     v = sorted(values)
     return {"n": len(v), "median_ms": round(statistics.median(v) * 1e3, 4),
@@ -89,16 +90,9 @@ def ms(values: list[float]) -> dict[str, float]:
 
 def metric(text: str, name: str, **labels: str) -> float | None:
     """Sum of the samples of `name` whose labels include `labels`."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-            found = True
-    return total if found else None
+    found = [x.value for f in text_string_to_metric_families(text) for x in f.samples
+             if x.name == name and all(x.labels.get(k) == v for k, v in labels.items())]
+    return sum(found) if found else None
 
 
 class Gpu:
@@ -112,13 +106,7 @@ class Gpu:
     def fields(self) -> tuple[float, float | None, float | None]:
         """(counter J, averaged W, instant W) from one call."""
         vals = self.nvml.nvmlDeviceGetFieldValues(self.handle, [FI_ENERGY, FI_AVG, FI_INSTANT])
-        out: list[float | None] = []
-        for v in vals:
-            if int(v.nvmlReturn) != 0:
-                out.append(None)
-                continue
-            out.append(float(getattr(v.value, ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
-                                     [int(v.valueType)])) / 1000.0)
+        out = [_field_number(v) / 1000.0 if int(v.nvmlReturn) == 0 else None for v in vals]
         if out[0] is None:
             raise RuntimeError("the energy field is not served on this GPU")
         return out[0], out[1], out[2]
@@ -219,10 +207,11 @@ def windows(rows: list[tuple[float, float, float | None, float | None]]) -> dict
         ref = w[-1][1] - w[0][1]
         refs.append(ref)
         for key, col in (("average", 2), ("instant", 3)):
-            if any(r[col] is None for r in w):
+            watts = [r[col] for r in w]
+            if any(x is None for x in watts):
                 continue
-            est = sum((w[i][0] - w[i - 1][0]) * (w[i][col] + w[i - 1][col]) / 2.0  # type: ignore[operator]
-                      for i in range(1, len(w)))
+            p = [float(x or 0.0) for x in watts]
+            est = sum((w[i][0] - w[i - 1][0]) * (p[i] + p[i - 1]) / 2.0 for i in range(1, len(w)))
             out[key].append(est / ref - 1.0)
     return {
         "windows": len(refs),
@@ -254,8 +243,6 @@ def main() -> None:
         nvml = importlib.import_module("tests.fakes.fake_nvml")
     else:
         nvml = importlib.import_module("pynvml")
-    from carbonwatch.node.sources import pidns
-    from carbonwatch.node.sources.nvml import NvmlSource
 
     result: dict[str, Any] = {"seconds": a.seconds, "fake": a.fake}
     gpu = Gpu(nvml, a.gpu)
@@ -311,13 +298,13 @@ def main() -> None:
         time.sleep(5)
         result["call_cost_loaded_tight_loop"] = gpu.time_calls(50)
         result["field_vs_call_loaded"] = gpu.field_vs_call(40)
-        next_scrape = time.time() + float(os.environ.get("GPU_CHECK_SCRAPE", "15"))
+        next_scrape = time.time() + SCRAPE_EVERY
         line = ""
         while True:
             # scrape every 15 s while the load runs; the load's DONE line ends the loop
             if time.time() >= next_scrape:
                 scrapes.append((time.time(), requests.get(url, timeout=5).text))
-                next_scrape += float(os.environ.get("GPU_CHECK_SCRAPE", "15"))
+                next_scrape += SCRAPE_EVERY
             ready = _readable(load.stdout, min(1.0, max(0.0, next_scrape - time.time())))
             if ready:
                 line = load.stdout.readline().strip()

@@ -24,7 +24,8 @@ import pynvml
 
 from carbonwatch.node.sources.nvml import NvmlSource
 
-FI_ENERGY, FI_AVG, FI_INSTANT = 83, 185, 186
+FI_ENERGY = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
+FI_AVG, FI_INSTANT = pynvml.NVML_FI_DEV_POWER_AVERAGE, pynvml.NVML_FI_DEV_POWER_INSTANT
 LOAD = r"""
 import time, torch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

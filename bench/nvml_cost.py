@@ -41,6 +41,7 @@ from tests.fakes.nvml_stub import (
     FakeMigDevice,
     FakeProcess,
     NvmlStub,
+    ProcTree,
     bursty,
 )
 
@@ -49,11 +50,8 @@ GOAL_MS = 0.3
 
 
 def fake_proc(root: Path, pids: list[int]) -> Path:
-    (root / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
-    (root / "sys" / "kernel" / "pid_max").write_text("4194304\n")
-    for pid in pids:
-        (root / str(pid)).mkdir(exist_ok=True)
-        (root / str(pid) / "comm").write_text("python\n")
+    tree = ProcTree(root)
+    tree.add(*pids)
     return root
 
 

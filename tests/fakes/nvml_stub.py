@@ -42,6 +42,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from ctypes import CFUNCTYPE, c_int, c_int32, c_uint, c_ulonglong, c_void_p
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pynvml
@@ -66,6 +67,26 @@ ENERGY_FIELD_COST = 3.21e-3
 ENERGY_FIELD = "field values with the energy counter"  # counted in `calls` beside the C functions
 
 PowerProfile = Callable[[float], float]  # seconds since the stub started -> watts
+
+
+class ProcTree:
+    """A fake /proc tree holding only what NvmlSource reads of it: pid directories with comm, and pid_max
+    (NVML's pids are checked against it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sys" / "kernel").mkdir(parents=True, exist_ok=True)
+        (root / "sys" / "kernel" / "pid_max").write_text("4194304\n")
+
+    def add(self, *pids: int, comm: str = "python") -> None:
+        for pid in pids:
+            (self.root / str(pid)).mkdir(exist_ok=True)
+            (self.root / str(pid) / "comm").write_text(comm + "\n")
+
+    def remove(self, pid: int) -> None:
+        for f in (self.root / str(pid)).iterdir():
+            f.unlink()
+        (self.root / str(pid)).rmdir()
 
 S = pynvml  # constants
 _ENTRY = {24: struct.Struct("<I4xQII"), 32: struct.Struct("<I4xQII8x")}

@@ -34,31 +34,15 @@ from tests.fakes.nvml_stub import (
     NvmlStub,
     bursty,
 )
+from tests.fakes.nvml_stub import (
+    ProcTree as Proc,
+)
 
 GiB = 1 << 30
 FIELDS = "nvmlDeviceGetFieldValues"
 ENERGY_CALL = "nvmlDeviceGetTotalEnergyConsumption"
 PROC_UTIL = "nvmlDeviceGetProcessUtilization"
 COMPUTE = "nvmlDeviceGetComputeRunningProcesses_v3"
-
-
-class Proc:
-    """A fake /proc tree holding only what NvmlSource reads: pid directories, comm, pid_max."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "sys" / "kernel").mkdir(parents=True)
-        (root / "sys" / "kernel" / "pid_max").write_text("4194304\n")
-
-    def add(self, *pids: int, comm: str = "python") -> None:
-        for pid in pids:
-            (self.root / str(pid)).mkdir(exist_ok=True)
-            (self.root / str(pid) / "comm").write_text(comm + "\n")
-
-    def remove(self, pid: int) -> None:
-        for f in (self.root / str(pid)).iterdir():
-            f.unlink()
-        (self.root / str(pid)).rmdir()
 
 
 @pytest.fixture
