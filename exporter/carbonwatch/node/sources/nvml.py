@@ -461,7 +461,7 @@ class NvmlSource:
                or now - state.real[1] >= self.counter_seconds - 1e-6)
         if not due:
             assert state.real is not None and state.reported is not None
-            _, watts, _ = self._energy(nvml, gpu, with_counter=False)
+            self._energy(nvml, gpu, with_counter=False)  # the power fields only
             average = gpu.average
             if average is not None and state.power is not None:
                 state.carried_joules += max(now - state.power[1], 0.0) * (average + state.power[0]) / 2.0
@@ -620,7 +620,7 @@ class NvmlSource:
             state.sampled = alive | set(samples)
         for pid, (sm, mem) in samples.items():
             state.carried[pid] = _Carried(sm, mem, now)
-        alive |= set(samples) | before  # (those that exited since the previous read: their last interval)
+        alive |= before  # (those that exited since the previous read: their last interval)
         state.carried = {
             pid: c for pid, c in state.carried.items()
             if pid in samples or (pid in alive and (state.samples_at or now) - c.at <= self.carry_seconds)
