@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +29,7 @@ from carbonwatch import dashboards  # noqa: E402
 from carbonwatch.contracts import PUSHED, SPECS  # noqa: E402
 from carbonwatch.dashboards import checks as dq  # noqa: E402
 from carbonwatch.dashboards import series  # noqa: E402
+from tests.support import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DASH_DIR = ROOT / "grafana" / "dashboards"
@@ -346,3 +349,64 @@ def test_dashboard_provider_loads_the_committed_directory() -> None:
     target = next(v.split(":")[1] for v in graf["volumes"] if v.startswith("./grafana/dashboards:"))
     assert graf["environment"]["CARBONWATCH_DASHBOARDS_DIR"] == target
     assert graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{target}/fleet.json"
+
+
+WORKLOAD = """
+import sys, time
+import carbonwatch
+
+with carbonwatch.run(model="mlp", total_epochs=1000) as run:
+    deadline, epoch = time.time() + float(sys.argv[1]), 0
+    while time.time() < deadline:
+        epoch += 1
+        run.epoch(epoch)
+        run.phase("train")
+        t, x = time.time(), 0
+        while time.time() - t < 1.0:  # an epoch is one second of CPU
+            for i in range(20000):
+                x += i * i
+            run.progress(samples=20000, loss=1.0 / epoch)
+"""
+# Run panels whose data the run itself does not produce in its first minute.
+NOT_YET = {"Alerts for this run": "no alert fires for a run within its budget"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(shutil.which(b) for b in ("prometheus", "prometheus-pushgateway",
+                                                      "prometheus-alertmanager")),
+                    reason="Prometheus stack binaries not installed")
+def test_on_a_fresh_stack_every_run_panel_answers_within_the_first_minute(tmp_path: Path) -> None:
+    """`carbonwatch stack up` at its default intervals (15 s scrapes, the committed rule groups), no ledger;
+    a run under `carbonwatch run`; 60 s after the run starts every query of every dashboard is accepted by
+    the live Prometheus (through carbonwatch.promql) and every panel of the Run dashboard has data."""
+    ports = free_ports(5)
+    names = ("prometheus", "pushgateway", "alertmanager", "exporter", "grafana")
+    state, cfg = tmp_path / "state", tmp_path / "exporter.yml"
+    cfg.write_text("intensity:\n  provider: table\n  price_per_kwh: 0.25\n  currency: EUR\n")
+    env = {**os.environ, "CARBONWATCH_RUNS_FILE": str(tmp_path / "runs.jsonl")}
+    up = [sys.executable, "-m", "carbonwatch", "stack", "up", "--state-dir", str(state), "--no-grafana",
+          "--no-settings-file", f"--exporter-arg=--config.file={cfg}"]
+    up += [f"--{n}-port={p}" for n, p in zip(names, ports, strict=True)]
+    prometheus, pushgateway = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    run_id = "first-minute-" + tmp_path.name[-6:].replace("_", "-")
+    try:
+        started = subprocess.run(up, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+        assert started.returncode == 0, started.stdout + started.stderr
+        cmd = [sys.executable, "-m", "carbonwatch", "run", f"--pushgateway={pushgateway}", f"--run-id={run_id}",
+               "--budget-grams=1000", "--user=alice", "--project=vision", "--model=mlp", "--team=t",
+               "--", sys.executable, str(script), "90"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        time.sleep(60)
+        values = {**dashboards.default_values(), "run_id": run_id, "user": "alice", "project": "vision"}
+        results = dashboards.check_live(prometheus, values)
+        proc.kill()
+        proc.communicate()
+    finally:
+        subprocess.run([sys.executable, "-m", "carbonwatch", "stack", "down", "--state-dir", str(state)],
+                       capture_output=True, timeout=60, env=env, cwd=ROOT)
+    errors = [f"{q.dashboard} / {q.panel}: {err}" for q, err, _ in results if err]
+    assert not errors, errors
+    empty = sorted({q.panel for q, _, n in results if q.dashboard == "carbonwatch-run" and n == 0} - set(NOT_YET))
+    assert not empty, f"Run panels without data 60 s into the run: {empty}"

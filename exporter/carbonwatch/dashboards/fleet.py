@@ -106,8 +106,8 @@ def dashboard() -> Board:
         table_panel("Top runs by CO2e", GRAMS,
                     "The 20 runs with the most CO2e (since their start; the ledger's figure where one runs) among "
                     "the selected users, projects and models. Click a run id to open it in the Run dashboard.",
-                    Q(top_runs(), instant=True, table=True), w=24, h=10, sort_desc="Value",
-                    links=(links.run_column(),)),
+                    Q(top_runs(), instant=True, table=True), w=24, h=10, sort_desc="CO2e",
+                    links=(links.run_column(),), columns=(("Value", "CO2e", GRAMS),)),
     ])
     return board(
         "carbonwatch-fleet", "carbonwatch / Fleet",

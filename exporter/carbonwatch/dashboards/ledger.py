@@ -88,7 +88,8 @@ def runs_table() -> Cell:
         Q(f"max by ({who}) ({LEDGER_RUN_EMISSIONS}{{{RUNS}}})", instant=True, table=True),
         Q(f"max by (run_id, currency) ({LEDGER_RUN_COST}) and on(run_id) {LEDGER_RUN_ENERGY}{{{RUNS}}}",
           instant=True, table=True),
-        w=24, h=12, links=(links.run_column(),), sort_desc="Value #B"))
+        w=24, h=12, links=(links.run_column(),), sort_desc="CO2e",
+        columns=(("Value #A", "Energy", JOULE), ("Value #B", "CO2e", GRAMS), ("Value #C", "Cost", NONE))))
 
 
 def runs_row() -> Row:

@@ -147,7 +147,10 @@ def bargauge_panel(title: str, unit: str, description: str, *queries: Q, w: int 
 
 
 def table_panel(title: str, unit: str, description: str, *queries: Q, w: int = 12, h: int = 8,
-                links: tuple[Link, ...] = (), sort_desc: str = "") -> Cell:
+                links: tuple[Link, ...] = (), sort_desc: str = "",
+                columns: tuple[tuple[str, str, str], ...] = ()) -> Cell:
+    """A table of instant queries merged on their labels; `columns`: (field, shown name, unit) of value
+    columns (`Value #A` for query A when there are several), `sort_desc` a shown name to sort by."""
     b = (table.Panel().show_header(True).cell_height(cm.TableCellHeight.SM)
          .footer(cb.TableFooterOptions().show(False).reducer(["sum"]))
          .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
@@ -155,6 +158,9 @@ def table_panel(title: str, unit: str, description: str, *queries: Q, w: int = 1
              id_val="organize", options={"excludeByName": {"Time": True, "__name__": True}})))
     if sort_desc:
         b = b.sort_by([cb.TableSortByFieldState().display_name(sort_desc).desc(True)])
+    for name, shown, column_unit in columns:
+        b = b.override_by_name(name, [dm.DynamicConfigValue(id_val="displayName", value=shown),
+                                      dm.DynamicConfigValue(id_val="unit", value=column_unit)])
     return Cell(_common(b, title, unit, description, queries, links), w, h)
 
 
