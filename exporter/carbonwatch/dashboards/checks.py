@@ -2,7 +2,7 @@
 variables as the PromQL they amount to, data links interpolated; and the live check of every query through
 carbonwatch.promql (the one Prometheus client).
 
-Nothing here imports the Grafana SDK: it works on built dashboards (`Board`) or on their JSON.
+It works on built dashboards (`Board`, the SDK's typed model) or on their JSON (links).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
 
 from carbonwatch.errors import CarbonwatchError
 from carbonwatch.promql import Prometheus
@@ -113,10 +116,13 @@ def queries(boards: Iterable[Board]) -> list[Query]:
                 gpu = "carbonwatch_gpu_" in v.query  # values only where there are GPUs
                 out.append(Query(b.uid, f"variable {v.name}", label_values_query(v.query), gpu, v.ledger_only))
         for p in b.model.panels or []:
-            title = getattr(p, "title", None) or ""
-            for t in getattr(p, "targets", None) or []:
-                out.append(Query(b.uid, title, str(getattr(t, "expr", "")), title in b.gpu_only,
-                                 title in b.ledger_only))
+            if not isinstance(p, dm.Panel):
+                continue  # a row
+            title = p.title or ""
+            for t in p.targets or []:
+                if not isinstance(t, pm.Dataquery):
+                    raise TypeError(f"{b.uid}: {title}: not a Prometheus query: {t!r}")
+                out.append(Query(b.uid, title, t.expr, title in b.gpu_only, title in b.ledger_only))
     return out
 
 
