@@ -42,7 +42,7 @@ def who_row(level: str, sel: str) -> Row:
     return Row(f"{noun} budgets", [
         bargauge_panel(f"{noun} budget used", RATIO, f"CO2e of each {level}'s runs in the budget period divided by "
                        f"the {level}'s budget (alerting/budgets.yml).",
-                       Q(f"sort_desc({emissions} / on({level}, period) {limit})", legend), w=8, lcd=True),
+                       Q(f"sort_desc({emissions} / on({level}, period) ({limit} > 0))", legend), w=8, lcd=True),
         timeseries_panel(f"{noun} CO2e against budget", GRAMS, f"CO2e of each {level} over the rolling budget "
                          "period (the ledger's where one runs), with the budget line.",
                          Q(emissions, legend), Q(limit, f"{legend} budget"), w=8),
