@@ -29,6 +29,7 @@ from carbonwatch import dashboards  # noqa: E402
 from carbonwatch.contracts import PUSHED, SPECS  # noqa: E402
 from carbonwatch.dashboards import checks as dq  # noqa: E402
 from carbonwatch.dashboards import series  # noqa: E402
+from tests.support import Prometheus as RealPrometheus  # noqa: E402
 from tests.support import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -410,3 +411,53 @@ def test_on_a_fresh_stack_every_run_panel_answers_within_the_first_minute(tmp_pa
     assert not errors, errors
     empty = sorted({q.panel for q, _, n in results if q.dashboard == "carbonwatch-run" and n == 0} - set(NOT_YET))
     assert not empty, f"Run panels without data 60 s into the run: {empty}"
+
+
+def ledger_series(run_id: str, now: int) -> dict[str, list[tuple[str, float, int]]]:
+    """What a ledger serves on /metrics for one run (the names and labels of the ledger contract), and the
+    run's contract series at half the ledger's figure (as after a requeue the TSDB no longer sees whole)."""
+    run = f'run_id="{run_id}",user="alice",project="vision",model="mlp",team="t",status="succeeded"'
+    times = (now - 50, now - 20)
+    fixed: dict[str, tuple[str, float]] = {
+        series.LEDGER_RUN_ENERGY: (run, 2000.0), series.LEDGER_RUN_EMISSIONS: (run, 80.0),
+        series.LEDGER_RUN_COST: (f'run_id="{run_id}",currency="EUR"', 0.01),
+        series.LEDGER_RUN_BUDGET: (f'run_id="{run_id}"', 100.0),
+        series.RUN_ENERGY: (f'run_id="{run_id}"', 1000.0),
+        "carbonwatch_ledger_sync_lag_seconds": ("", 40.0), "carbonwatch_ledger_sync_duration_seconds": ("", 0.2),
+        "carbonwatch_ledger_sync_errors_total": ("", 1.0), "carbonwatch_ledger_rows": ('table="buckets"', 9.0),
+        "carbonwatch_ledger_counter_resets_total": ('instance="n1:9860"', 1.0),
+        "carbonwatch_ledger_estimated_joules": ('instance="n1:9860"', 5.0),
+    }
+    out = {name: [(labels, value, t) for t in times] for name, (labels, value) in fixed.items()}
+    for name in (series.LEDGER_RUN_COMPONENT_ENERGY, series.LEDGER_RUN_COMPONENT_EMISSIONS):
+        out[name] = [(f'run_id="{run_id}",component="{c}"', 10.0, t) for c in ("gpu", "cpu") for t in times]
+    for scope in series.LEDGER_SCOPES:
+        value = {"user": "alice", "project": "vision", "team": "t", "model": "mlp", "zone": "DE"}[scope]
+        for quantity in ("energy_joules", "emissions_grams"):
+            out[series.ledger_scope(scope, quantity)] = [
+                (f'{scope}="{value}",period="{p}"', 1.0, t) for p in ("day", "month", "1d", "30d") for t in times]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
+                    reason="prometheus and promtool not installed")
+def test_the_ledger_panels_and_run_totals_read_the_ledgers_families(tmp_path: Path) -> None:
+    """A real Prometheus holding what a ledger serves (contract names and labels): every Ledger panel and
+    variable has data for every period, and the Run dashboard's totals are the ledger's, not the TSDB's."""
+    run_id = "sweep-lr3e-4+bs64.2"
+    prom = RealPrometheus.from_series(tmp_path, ledger_series(run_id, int(time.time())))
+    try:
+        client = dashboards.Prometheus(prom.url)
+        for period in ("month", "day", "30d", "1d"):
+            values = {**dashboards.default_values(), "period": period, "run_id": run_id}
+            results = dq.check_live(client, [q for q in dashboards.queries() if q.ledger_only], values)
+            assert not [r for r in results if r[1] or not r[2]], (period, [r for r in results if r[1] or not r[2]])
+        run = {q.panel: dashboards.substitute(q.expr, {"run_id": run_id}) for q in dashboards.queries()
+               if q.dashboard == "carbonwatch-run" and not q.panel.startswith("variable")}
+        assert client.scalar(run["Energy"]) == 2000.0  # the ledger's, though the contract series says 1000
+        assert client.scalar(run["CO2e"]) == 80.0 and client.scalar(run["Budget used"]) == 0.8
+        assert client.by_label(run["Cost"], "currency") == {"EUR": 0.01}
+        assert client.by_label(run["Status"], "status") == {"succeeded": 1.0}
+    finally:
+        prom.stop()

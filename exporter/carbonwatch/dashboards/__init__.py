@@ -21,7 +21,7 @@ from carbonwatch.dashboards.checks import check_live as _check_live
 from carbonwatch.dashboards.checks import queries as _queries
 from carbonwatch.promql import Prometheus
 
-__all__ = ["BUILTINS", "DASHBOARDS", "Board", "Query", "check_live", "default_values", "definitions",
+__all__ = ["BUILTINS", "DASHBOARDS", "Board", "Prometheus", "Query", "check_live", "default_values", "definitions",
            "label_values_query", "queries", "substitute", "variables_in", "write_all"]
 
 DASHBOARDS: dict[str, Callable[[], Board]] = {

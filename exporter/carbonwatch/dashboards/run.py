@@ -105,8 +105,8 @@ def summary_row() -> Row:
                     "ledger's labels once the run's own series are gone).", Q(info(), instant=True, table=True), h=4),
         stat_panel("Status", NONE, "Status the run client last pushed (running, succeeded, failed, stopped), "
                    "else the one the ledger keeps.",
-                   Q(f'max by (status) ({RUN_RAW_INFO}{{{R},status!=""}}) '
-                     f"or on() max by (status) ({LEDGER_RUN_ENERGY}{{{R}}})", "{{status}}"),
+                   Q(f'group by (status) ({RUN_RAW_INFO}{{{R},status!=""}}) '
+                     f"or on() group by (status) ({LEDGER_RUN_ENERGY}{{{R}}})", "{{status}}"),
                    h=4, text=BigValueTextMode.NAME, graph=False),
         stat_panel("Duration", SECONDS, "From the run's start to its end (or to now while it runs).",
                    Q(duration()), h=4, graph=False),
