@@ -14,6 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+try:
+    import grafana_foundation_sdk  # noqa: F401
+except ImportError as exc:  # installed without the test extra
+    raise ImportError("carbonwatch.dashboards needs grafana-foundation-sdk==1769699590!11.3.0 (Python 3.11+): "
+                      "pip install -e '.[test]'") from exc
+
 from carbonwatch.dashboards import budgets, fleet, ledger, node, run
 from carbonwatch.dashboards.board import Board
 from carbonwatch.dashboards.checks import BUILTINS, Query, label_values_query, substitute, variables_in
