@@ -15,9 +15,12 @@ from typing import Any
 from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity.providers import validate_zone
+from carbonwatch.intensity.providers import check_section, validate_zone
 
 COLLECTORS = ("gpu", "cpu", "memory", "process", "intensity")
+# The top-level keys of a configuration file, shared by the exporter and the run client (section `run`).
+TOP_KEYS = ("zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
+            "storage", "kubernetes", "slurm")
 DEFAULT_SPOOL_DIR = "/tmp/carbonwatch-runs"
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
@@ -171,9 +174,7 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     # `run` is the run client's section of a shared file (carbonwatch.client.settings validates it)
-    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
-           "storage", "kubernetes", "slurm"}
-    _unknown("", data, top)
+    _unknown("", data, set(TOP_KEYS))
     if "zone" in data:
         cfg.zone = validate_zone(data["zone"])
     if "sample_interval" in data:
@@ -242,6 +243,8 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
             raise ConfigError(f"storage.interval: must be between 100ms and 60s, got {storage['interval']!r}")
     if "intensity" in data:
         cfg.intensity = dict(_section(data, "intensity"))
+        check_section(cfg.intensity)  # every key and type, where the file is read
+    _section(data, "run")  # the run client checks its keys; here it must at least be a mapping
     _apply_kubernetes(cfg.kubernetes, _section(data, "kubernetes"))
     _apply_slurm(cfg.slurm, _section(data, "slurm"))
     return cfg
