@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,8 @@ import pytest
 from carbonwatch.equivalents import FACTORS
 from carbonwatch.errors import ConfigError, NetworkError
 from carbonwatch.promql import Prometheus
-from carbonwatch.stack.report import collect, fmt_duration, fmt_energy, fmt_grams, render_table
+from carbonwatch.stack.figures import fmt_duration, fmt_energy, fmt_grams
+from carbonwatch.stack.report import collect, render_table
 from tests import support
 from tests.support import free_port
 
@@ -57,8 +58,10 @@ def fixture_series() -> dict[str, list[tuple[str, float, int]]]:
             add("carbonwatch_run_budget_grams", r1, 500, t)
             add("carbonwatch_run_epoch", r1, round(5 * k), t)
             add("carbonwatch_run_samples_total", r1, 10000 * k, t)
-            add("carbonwatch_run_energy_joules_total", r1 + ',instance="n1:9860",component="gpu"', 5.4e6 * k, t)
-            add("carbonwatch_run_energy_joules_total", r1 + ',instance="n1:9860",component="cpu"', 1.44e6 * k, t)
+            for comp, joules in (("gpu", 5.4e6), ("cpu", 1.44e6), ("memory", 0.36e6)):
+                node = f'{r1},instance="n1:9860",component="{comp}"'
+                add("carbonwatch_run_energy_joules_total", node, joules * k, t)
+                add("carbonwatch_run_emissions_grams_total", node, joules * k / 9000, t)
         if t - BASE == 300:
             add("carbonwatch_run_end_time_seconds", r1, BASE + 300, t)
         add("run_id:carbonwatch_energy_joules:total", r1, 7.2e6 * k, t)
@@ -84,7 +87,35 @@ def fixture_series() -> dict[str, list[tuple[str, float, int]]]:
             add("run_id:carbonwatch_emissions_grams:forecast", r2, 123, t)
             add("run_id:carbonwatch_power_watts:sum", r2, 250, t)
             add("carbonwatch_run_energy_joules_total", r2 + ',instance="n2:9860",component="cpu"', 10.0 * t, t)
+        add_resumed_and_stale(add, t)
     return series
+
+
+def add_resumed_and_stale(add: Callable[[str, str, float, int], None], t: int) -> None:
+    """r3 ran from BASE+420 to BASE+540; its per-component recorded series lag (recorded every 4 minutes) while
+    its counters are fresh. r4 ran twice under one id on n1: segment 1 from BASE+60 to BASE+180 (1000 J), then
+    was resumed as segment 2 from BASE+360 to BASE+480 (500 J; the exporter's counter started again from 0)."""
+    r3, r4 = 'run_id="r3"', 'run_id="r4"'
+    if BASE + 420 <= t:
+        k3 = min(t - BASE - 420, 120) / 120
+        add("run_id:carbonwatch_energy_joules:total", r3, 150 * k3, t)
+        for comp, joules in (("gpu", 100.0), ("cpu", 50.0)):
+            add("carbonwatch_run_energy_joules_total", f'{r3},instance="n1:9860",component="{comp}"', joules * k3, t)
+            add("run_id_component:carbonwatch_energy_joules:total", f'{r3},component="{comp}"', joules * 0.25, t)
+    for seg, (s0, joules) in enumerate(((BASE + 60, 1000.0), (BASE + 360, 500.0)), 1):
+        if not s0 <= t <= s0 + 180:
+            continue
+        k4 = min(t - s0, 120) / 120
+        add("carbonwatch_run_energy_joules_total", f'{r4},instance="n1:9860",component="gpu"', joules * k4, t)
+        if t <= s0 + 120:  # pushed by the client while the segment runs and until its group is deleted
+            done = t == s0 + 120
+            status = "succeeded" if done else "running"
+            add("carbonwatch_run_info", f'{r4},user="eve",model="vit",project="p",status="{status}"', 1, t)
+            add("carbonwatch_run_start_time_seconds", r4, BASE + 60, t)
+            add("carbonwatch_run_segment", r4, seg, t)
+            add("carbonwatch_run_segment_start_time_seconds", r4, s0, t)
+            if done:
+                add("carbonwatch_run_end_time_seconds", r4, s0 + 120, t)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +211,7 @@ def test_cli_prints_json_and_exits_2_on_an_unknown_run(prometheus_url: str) -> N
         timeout=60,
     )
     assert table.returncode == 0
-    assert "800.00 g CO2e" in table.stdout and "2.000 kWh" in table.stdout and "160.0 %" in table.stdout
+    assert "800 g CO2e" in table.stdout and "2.00 kWh" in table.stdout and "160.0 %" in table.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "carbonwatch", "report", "missing-run", "--prometheus", prometheus_url],
         capture_output=True,
@@ -191,13 +222,39 @@ def test_cli_prints_json_and_exits_2_on_an_unknown_run(prometheus_url: str) -> N
     assert "missing-run" in bad.stderr and "unknown" in bad.stderr
 
 
-def test_formatting_picks_readable_units() -> None:
-    assert fmt_energy(7.2e6) == "2.000 kWh (7,200,000 J)"
-    assert fmt_energy(7200) == "2.00 Wh (7,200 J)"
-    assert fmt_energy(12.34) == "12.3 J"
-    assert fmt_grams(1500) == "1.500 kg CO2e"
-    assert fmt_grams(0.0123) == "12.30 mg CO2e"
+def test_formatting_picks_readable_units_with_three_significant_figures() -> None:
+    assert fmt_energy(7.2e6) == "2.00 kWh"
+    assert fmt_energy(7200) == "2.00 Wh"
+    assert fmt_energy(12.34) == "12.3 J" and fmt_energy(0.01234) == "0.0123 J"
+    assert fmt_energy(3.6e11) == "100,000 kWh"
+    assert fmt_grams(1500) == "1.50 kg CO2e"
+    assert fmt_grams(0.0123) == "12.3 mg CO2e" and fmt_grams(0.0004734) == "0.473 mg CO2e"
+    assert fmt_grams(999.6) == "1.00 kg CO2e" and fmt_energy(3599.9) == "1.00 Wh"
     assert fmt_duration(3725) == "1h02m05s" and fmt_duration(65) == "1m05s" and fmt_duration(None) == "-"
+
+
+@pytest.mark.slow
+def test_component_lines_add_up_to_the_total_right_after_a_run(prometheus_url: str) -> None:
+    rep = collect(Prometheus(prometheus_url), "r3", at=BASE + 540)
+    assert rep.energy_joules == pytest.approx(150)
+    assert {c: cr.energy_joules for c, cr in rep.components.items()} == {"gpu": 100, "cpu": 50}
+    assert sum(cr.energy_joules or 0 for cr in rep.components.values()) == pytest.approx(rep.energy_joules)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_is_one_run_with_its_segments(prometheus_url: str) -> None:
+    rep = collect(Prometheus(prometheus_url), "r4", at=AT)
+    assert rep.status == "succeeded"
+    assert [(s.number, s.start, s.end) for s in rep.segments] == [
+        (1, BASE + 60, BASE + 180), (2, BASE + 360, BASE + 480)]
+    assert (rep.start_time_seconds, rep.end_time_seconds) == (BASE + 60, BASE + 480)
+    assert rep.energy_joules == pytest.approx(1500)  # both segments, though the counter started again from 0
+    assert any("started again from 0" in note for note in rep.quality)
+    table = render_table(rep)
+    assert "segment 1" in table and "segment 2" in table and "2m00s" in table
+    running = collect(Prometheus(prometheus_url), "r4", at=BASE + 420)
+    assert running.status == "running" and running.end_time_seconds is None
+    assert [(s.number, s.end) for s in running.segments] == [(1, BASE + 180), (2, None)]
 
 
 @pytest.mark.slow
@@ -251,7 +308,7 @@ def test_an_eight_epoch_run_numbered_from_0_reports_8_epochs_and_grams_per_epoch
         assert rep.status == "succeeded"
         assert rep.epochs == 8 and rep.samples == 800
         assert rep.grams_per_epoch == pytest.approx(10.0)
-        assert "CO2e per epoch" in render_table(rep) and "10.00 g CO2e" in render_table(rep)
+        assert "CO2e per epoch" in render_table(rep) and "10.0 g CO2e" in render_table(rep)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

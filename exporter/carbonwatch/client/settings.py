@@ -1,7 +1,8 @@
 """Run client settings: defaults < the stack settings file < YAML config (section `run`) < environment < flags
 / API arguments.
 
-Environment: CARBONWATCH_PUSHGATEWAY, CARBONWATCH_PROMETHEUS, CARBONWATCH_USER, CARBONWATCH_PROJECT,
+Environment: CARBONWATCH_PUSHGATEWAY, CARBONWATCH_PROMETHEUS, CARBONWATCH_LEDGER (read by report and job),
+CARBONWATCH_USER, CARBONWATCH_PROJECT,
 CARBONWATCH_TEAM, CARBONWATCH_ZONE, CARBONWATCH_RUNS_FILE, CARBONWATCH_CONFIG (the YAML file), the
 Pushgateway's credentials CARBONWATCH_PUSHGATEWAY_* (carbonwatch.client.auth), and CARBONWATCH_STACK.
 
@@ -47,8 +48,9 @@ STACK_ENV = "CARBONWATCH_STACK"  # path of the stack settings file ("none": do n
 STACK_STATE_DIR = "CARBONWATCH_STACK_STATE_DIR"  # the native stack's state directory (a stale file is ignored)
 # What a stack settings file may set: the gateway, Prometheus, the gateway's credentials, and where it came from.
 STACK_KEYS = (
-    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_PROMETHEUS_URL", STACK_STATE_DIR, *pgauth.ENV.values()
+    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_LEDGER", STACK_STATE_DIR, *pgauth.ENV.values()
 )
+LEGACY_STACK_KEYS = ("CARBONWATCH_PROMETHEUS_URL",)  # written by older launchers: read, and ignored
 _DURATIONS = ("push_interval", "heartbeat", "push_timeout", "retention", "meter_interval", "budget_interval")
 
 
@@ -179,6 +181,8 @@ def read_stack_file(path: str | os.PathLike[str], environ: Mapping[str, str] | N
         if not m:
             raise ConfigError(f"{STACK_ENV}: {p} line {n}: expected NAME=value, got {line[:80]!r}")
         name, value = m.group(1), m.group(2)
+        if name in LEGACY_STACK_KEYS:
+            continue
         if name not in STACK_KEYS:
             raise ConfigError(f"{STACK_ENV}: {p} line {n}: {name} is not a stack setting "
                               f"(allowed: {', '.join(STACK_KEYS)})")  # fmt: skip

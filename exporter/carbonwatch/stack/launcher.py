@@ -389,7 +389,7 @@ def grafana_env(state: Path, root: Path, ports: dict[str, int]) -> tuple[dict[st
         "GF_SECURITY_ADMIN_PASSWORD": password,
         "GF_USERS_ALLOW_SIGN_UP": "false",
         "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": str(root / "grafana" / "dashboards" / "fleet.json"),
-        "CARBONWATCH_PROMETHEUS_URL": f"http://{HOST}:{ports['prometheus']}",
+        "CARBONWATCH_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
         "CARBONWATCH_DASHBOARDS_DIR": str(root / "grafana" / "dashboards"),
     }
     return env, str(pw_file)
@@ -543,7 +543,6 @@ def settings_values(st: StackState) -> dict[str, str]:
         out[client_settings.ENV["pushgateway"]] = st.services["pushgateway"].url
     if "prometheus" in st.services:
         out[client_settings.ENV["prometheus"]] = st.services["prometheus"].url
-        out["CARBONWATCH_PROMETHEUS_URL"] = st.services["prometheus"].url  # `carbonwatch report`, when sourced
     secure = st.secure_files()
     if secure is not None:
         from carbonwatch.client.auth import ENV as AUTH_ENV
