@@ -313,3 +313,105 @@ def test_an_eight_epoch_run_numbered_from_0_reports_8_epochs_and_grams_per_epoch
         proc.terminate()
         proc.wait(timeout=10)
         gw.kill()
+
+
+# -- the ledger -------------------------------------------------------------------------------------------------
+
+LEDGER_RUN_ID = "sweep/lr=3e-4&bs=64#2"
+LEDGER_RUN = {  # the shape of the ledger's GET /api/v1/runs/{run_id} (docs/ledger.md)
+    "run_id": LEDGER_RUN_ID, "user": "ada", "project": "vision", "model": "vit", "team": "ml",
+    "status": "succeeded", "start": 1_700_000_000.0, "end": 1_700_000_014.0,
+    "energy_joules": 412.0, "emissions_grams": 0.0473, "cost": 0.0000343, "currency": "EUR",
+    "budget_grams": 0.05, "samples": 1000, "epochs": 2, "estimated": 0.25,
+    "labels": {"user": "ada", "project": "vision", "model": "vit", "team": "ml"},
+    "nodes": [
+        {"instance": "n1:9860", "component": "gpu", "zone": "DE", "energy_joules": 300.0, "emissions_grams": 0.0344,
+         "estimated_joules": 103.0, "first_sample": 1_700_000_000.0, "last_sample": 1_700_000_014.0},
+        {"instance": "n1:9860", "component": "cpu", "zone": "DE", "energy_joules": 112.0, "emissions_grams": 0.0129,
+         "estimated_joules": 0.0, "first_sample": 1_700_000_000.0, "last_sample": 1_700_000_014.0},
+    ],
+    "components": [
+        {"component": "cpu", "energy_joules": 112.0, "emissions_grams": 0.0129, "estimated_joules": 0.0},
+        {"component": "gpu", "energy_joules": 300.0, "emissions_grams": 0.0344, "estimated_joules": 103.0},
+    ],
+    "segments": [{"instance": "n1:9860", "start": 1_700_000_000.0, "end": 1_700_000_006.0},
+                 {"instance": "n2:9860", "start": 1_700_000_008.0, "end": 1_700_000_014.0}],
+    "quality": {"estimated_joules": 103.0, "estimated_hours": [1_699_999_200], "counter_resets": [],
+                "notes": ["103 J spread linearly over scrape gaps in 1 hour(s)"]},
+}
+
+
+@pytest.fixture
+def ledger_url() -> Iterator[str]:
+    """A small HTTP server answering the ledger's run endpoint for one run (404 JSON for any other)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import quote
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            known = self.path == f"/api/v1/runs/{quote(LEDGER_RUN_ID, safe='')}"
+            body = json.dumps(LEDGER_RUN if known else {"error": "unknown run"}).encode()
+            self.send_response(200 if known else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "carbonwatch", *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_report_reads_the_ledger_with_its_quality_notes(ledger_url: str) -> None:
+    r = _cli("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--prometheus", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "succeeded" in out and "ada / vision / vit" in out and "DE" in out
+    assert "412 J" in out and "47.3 mg CO2e" in out and "94.6 %" in out  # budget 0.05 g
+    assert "300 J, 34.4 mg CO2e" in out and "112 J, 12.9 mg CO2e" in out
+    assert "14s" in out and "segment 1" in out and "segment 2" in out
+    assert "25 % of the energy is estimated" in out and "103 J spread linearly over scrape gaps" in out
+    assert f"read from the ledger at {ledger_url}" in out
+    data = json.loads(_cli("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--format", "json").stdout)
+    assert data["source"] == "ledger" and data["energy_joules"] == 412.0 and data["duration_seconds"] == 14.0
+
+
+def test_the_ledger_named_by_the_stack_settings_is_used_and_unknown_runs_exit_2(ledger_url: str,
+                                                                                tmp_path: Path) -> None:
+    stack = tmp_path / "stack.env"
+    stack.write_text(f"CARBONWATCH_LEDGER={ledger_url}\n")
+    ok = _cli("report", LEDGER_RUN_ID, env={"CARBONWATCH_STACK": str(stack)})
+    assert ok.returncode == 0 and "from the ledger" in ok.stdout, ok.stderr
+    missing = _cli("report", "no-such-run", env={"CARBONWATCH_LEDGER": ledger_url})
+    assert missing.returncode == 2 and "'no-such-run' is unknown to the ledger" in missing.stderr
+    job = _cli("job", "999", "-M", "hpc1", "--ledger", ledger_url)
+    assert job.returncode == 2 and "job 999 on cluster hpc1 is unknown to the ledger" in job.stderr
+    down = _cli("report", "r1", "--ledger", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 4 and "cannot reach the ledger" in down.stderr
+
+
+def test_job_reads_the_ledger(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from carbonwatch.stack import job
+
+    monkeypatch.setitem(LEDGER_RUN, "run_id", "slurm-hpc1-4242")
+    rows = job.collect_jobs_from_ledger(ledger_url, ["4242"], "hpc1")
+    assert rows == []  # the server knows only LEDGER_RUN_ID's path
+    monkeypatch.setattr(sys.modules[__name__], "LEDGER_RUN_ID", "slurm-hpc1-4242")
+    rows = job.collect_jobs_from_ledger(ledger_url, ["4242"], "hpc1")
+    assert job.render(rows, ("JobID", "Cluster", "User", "Elapsed", "Energy", "CO2e", "Cost"), parsable=True,
+                      header=False) == "4242|hpc1|ada|00:00:14|412 J|47.3 mg|0.0000343 EUR"

@@ -698,8 +698,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u.add_argument(
         "--repo-root", default=str(repo_root_default()), help="checkout with prometheus/, alerting/, grafana/"
     )
-    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION")
-    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION")
+    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus scrapes the exporters and the Pushgateway (default 15s)")
+    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus evaluates rules and alerts (default 15s); rule groups with "
+                        "longer intervals are scaled by the same factor")
     u.add_argument("--retention", type=_duration("--retention"), default=15 * 86400.0, metavar="DURATION",
                    help="Prometheus TSDB retention (default 15d)")  # fmt: skip
     u.add_argument("--port-offset", type=int, default=0, help="add N to every default port (9090, 9091, ...)")

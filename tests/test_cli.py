@@ -1,0 +1,62 @@
+"""The `carbonwatch` command line as a user meets it: help texts, unknown flags, environment variable names."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from carbonwatch import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "carbonwatch", *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "module" not in out and "imported" not in out
+    assert "carbonwatch stack up" in out and "carbonwatch run" in out and "Exit codes" in out
+
+
+@pytest.mark.parametrize("command", ["report r1", "job 1", "intensity", "exporter", "runs", "budgets render", "stack status"])
+def test_an_unknown_flag_prints_the_usage_of_its_command(command: str) -> None:
+    r = run(*command.split(), "--no-such-flag")
+    name = command.split()[0]
+    assert r.returncode == 2
+    assert f"usage: carbonwatch {name}" in r.stderr and "unrecognized arguments: --no-such-flag" in r.stderr
+
+
+def test_stack_up_intervals_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["stack", "up", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--scrape-interval DURATION\s+how often Prometheus scrapes", out)
+    assert re.search(r"--evaluation-interval DURATION\s+how often Prometheus evaluates", out)
+
+
+def test_one_name_for_each_environment_variable() -> None:
+    """CARBONWATCH_PROMETHEUS, CARBONWATCH_PUSHGATEWAY and CARBONWATCH_LEDGER, never a *_URL variant, in the
+    code, the docs, the deploy files and the help of every command."""
+    texts = [p for pattern in ("exporter/carbonwatch/**/*.py", "docs/*.md", "README.md", "deploy/**/*",
+                               "docker-compose.yml", "grafana/provisioning/**/*.yml", "scripts/*")
+             for p in REPO.glob(pattern) if p.is_file()]
+    offenders = []
+    for p in texts:
+        text = p.read_text(errors="replace")
+        for m in re.finditer(r"CARBONWATCH_(PROMETHEUS|PUSHGATEWAY|LEDGER)_URL", text):
+            line = text[: m.start()].count("\n") + 1
+            if "LEGACY" not in text.splitlines()[line - 1]:
+                offenders.append(f"{p.relative_to(REPO)}:{line}")
+    assert offenders == []
+    for command in ("run", "report", "job"):
+        help_text = run(command, "--help").stdout
+        assert "CARBONWATCH_PROMETHEUS" in help_text and "CARBONWATCH_PROMETHEUS_" not in help_text
