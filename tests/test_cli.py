@@ -27,7 +27,8 @@ def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> N
     assert "carbonwatch stack up" in out and "carbonwatch run" in out and "Exit codes" in out
 
 
-@pytest.mark.parametrize("command", ["report r1", "job 1", "intensity", "exporter", "runs", "budgets render", "stack status"])
+@pytest.mark.parametrize(
+    "command", ["report r1", "job 1", "intensity", "exporter", "runs", "budgets render", "stack status"])
 def test_an_unknown_flag_prints_the_usage_of_its_command(command: str) -> None:
     r = run(*command.split(), "--no-such-flag")
     name = command.split()[0]
