@@ -51,7 +51,7 @@ def _load(path: Path) -> Any:
 
 def _expect(value: Any, kind: type, where: str, what: str) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
-        names = {dict: "a mapping", list: "a list", str: "a string"}
+        names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
         raise ConfigError(f"{where}: {what}: expected {names.get(kind, kind.__name__)}, got {value!r}"[:300])
     return value
 
