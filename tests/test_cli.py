@@ -31,7 +31,7 @@ def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> N
     "command", ["report r1", "job 1", "intensity", "exporter", "runs", "budgets render", "stack status"])
 def test_an_unknown_flag_prints_the_usage_of_its_command(command: str) -> None:
     r = run(*command.split(), "--no-such-flag")
-    name = command.split()[0]
+    name = command.split()[0] if command != "stack status" else command
     assert r.returncode == 2
     assert f"usage: carbonwatch {name}" in r.stderr and "unrecognized arguments: --no-such-flag" in r.stderr
 
@@ -55,7 +55,7 @@ def test_one_name_for_each_environment_variable() -> None:
         text = p.read_text(errors="replace")
         for m in re.finditer(r"CARBONWATCH_(PROMETHEUS|PUSHGATEWAY|LEDGER)_URL", text):
             line = text[: m.start()].count("\n") + 1
-            if "LEGACY" not in text.splitlines()[line - 1]:
+            if not {"LEGACY", "ignored"} & set(re.findall(r"\w+", text.splitlines()[line - 1])):  # the old name read
                 offenders.append(f"{p.relative_to(REPO)}:{line}")
     assert offenders == []
     for command in ("run", "report", "job"):

@@ -50,6 +50,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     args, extra = parser.parse_known_args(argv)
     if extra:
         owner: argparse.ArgumentParser = getattr(args, "_subparser", None) or parser
+        while True:  # down to the innermost command given (`stack up`)
+            subs = [a for a in owner._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(args, subs[0].dest, None) if subs else None
+            if not subs or name not in subs[0].choices:
+                break
+            owner = subs[0].choices[name]
         owner.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 

@@ -83,7 +83,8 @@ def _components(data: Mapping[str, Any]) -> dict[str, ComponentReport]:
 
 
 def _segments(data: Mapping[str, Any]) -> list[Segment]:
-    segs = [Segment(int(s.get("number") or s.get("segment") or i), _num(s.get("start")), _num(s.get("end")))
+    segs = [Segment(int(s.get("number") or s.get("segment") or i), _num(s.get("start")), _num(s.get("end")),
+                    str(s.get("instance") or ""))
             for i, s in enumerate(data.get("segments") or [], 1)]
     return segs if len(segs) > 1 else []
 

@@ -44,7 +44,9 @@ def _rows(r: Report) -> list[tuple[str, str]]:
              ("duration", fmt_duration(r.duration_seconds))]
     for seg in r.segments:
         end = fmt_time(seg.end) if seg.end is not None else "running"
-        rows.append((f"  segment {seg.number}", f"{fmt_time(seg.start)} to {end} ({fmt_duration(seg.duration)})"))
+        on = f" on {seg.instance}" if seg.instance else ""
+        rows.append((f"  segment {seg.number}",
+                     f"{fmt_time(seg.start)} to {end} ({fmt_duration(seg.duration)}){on}"))
     rows.append(("energy", fmt_energy(r.energy_joules)))
     for c, cr in r.components.items():
         sources = f" [{', '.join(cr.sources)}]" if cr.sources else ""

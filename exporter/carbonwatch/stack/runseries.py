@@ -101,6 +101,7 @@ class Segment:
     number: int
     start: float | None
     end: float | None = None
+    instance: str = ""  # the node it ran on, where known (the ledger's segments)
 
     @property
     def duration(self) -> float | None:
