@@ -96,21 +96,26 @@ class Source:
         return [s for _, s in chosen.values() if s.samples]
 
     def latest(self, start: float, end: float) -> dict[str, list[Latest]]:
-        """The latest value of each metadata series in (start, end]."""
-        out: dict[str, list[Latest]] = {}
-        rng = duration_ms(end - start)
-        for what, name in LATEST.items():
-            result = self.prom.query(f"last_over_time({name}[{rng}])", end, EXTRA)
-            rows = []
-            for entry in result:
-                try:
-                    value = float(entry["value"][1])
-                except (KeyError, TypeError, ValueError, IndexError):
-                    raise NetworkError(f"{self.prom.what}: {self.prom.url} answered a value that is not "
-                                       f"[time, value] for {name}") from None
-                labels = {k: v for k, v in (entry.get("metric") or {}).items() if k not in self.replica_labels}
-                rows.append(Latest(labels, value))
-            out[what] = rows
+        """The latest value of each metadata series in (start, end], from one raw query of them all."""
+        names = {name: what for what, name in LATEST.items()}
+        expr = "{__name__=~\"" + "|".join(LATEST.values()) + "\"}[" + duration_ms(end - start) + "]"
+        newest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, Latest]] = {}
+        for entry in self.prom.raw(expr, end, EXTRA):
+            labels = dict(entry.get("metric") or {})
+            what = names.get(labels.pop("__name__", ""))
+            try:
+                t, value = max((float(t), float(v)) for t, v in entry["values"])
+            except (KeyError, TypeError, ValueError):
+                raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
+                                   "[time, value] pairs for the run and node metadata") from None
+            if what is None or t <= start:
+                continue
+            key = (what, self.identity(labels))
+            if key not in newest or t > newest[key][0]:
+                newest[key] = (t, Latest({k: v for k, v in labels.items() if k not in self.replica_labels}, value))
+        out: dict[str, list[Latest]] = {what: [] for what in LATEST}
+        for (what, _), (_, row) in newest.items():
+            out[what].append(row)
         return out
 
     def oldest(self, now: float, horizon: float = 5 * 365 * 86400.0, precision: float = 3600.0) -> float | None:
