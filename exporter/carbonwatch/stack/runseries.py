@@ -6,7 +6,8 @@ as the last scrape:
 
 - the exporters' run counters per (run, node, component), accumulated exactly as the ledger does: a counter
   that went down started again from 0 (a resumed run, an exporter that lost its state) and what it held
-  before stays counted; the component lines therefore add up to the total by construction;
+  before stays counted, and a counter seen through both replicas of an HA pair counts once; the component
+  lines therefore add up to the total by construction;
 - the run's first and last sample and the last one where its energy grew (its end when nothing says so);
 - the segments of a resumed run: `carbonwatch_run_segment` and `carbonwatch_run_segment_start_time_seconds`
   over the run's life, each segment ending at the run end time pushed while it ran.
@@ -25,6 +26,7 @@ EMISSIONS = "carbonwatch_run_emissions_grams_total"
 SEGMENT = "carbonwatch_run_segment"
 SEGMENT_START = "carbonwatch_run_segment_start_time_seconds"
 END = "carbonwatch_run_end_time_seconds"
+REPLICA_LABELS = ("replica", "prometheus_replica")  # external labels of an HA pair, as the ledger drops them
 
 
 @dataclass
@@ -78,11 +80,17 @@ def _samples(entry: dict[str, Any]) -> list[tuple[float, float]]:
 def run_counters(prom: Prometheus, name: str, sel: str, lookback: str,
                  at: float | None = None) -> dict[str, RunCounters]:
     """run_id -> its counters named `name` (every raw sample within `lookback` of `at`) per component."""
-    out: dict[str, RunCounters] = {}
+    series: dict[frozenset[tuple[str, str]], CounterTotal] = {}
     for entry in prom.query(f"{name}{{{sel}}}[{lookback}]", at):
-        m = entry.get("metric", {})
         one = CounterTotal()
         one.add(_samples(entry))
+        # the same counter seen through each of an HA pair counts once (the replica that saw most of it)
+        key = frozenset((k, v) for k, v in entry.get("metric", {}).items() if k not in REPLICA_LABELS)
+        if key not in series or one.total > series[key].total:
+            series[key] = one
+    out: dict[str, RunCounters] = {}
+    for key, one in series.items():
+        m = dict(key)
         run = out.setdefault(m.get("run_id", ""), RunCounters())
         comp = m.get("component", "")
         run.by_component[comp] = run.by_component.get(comp, 0.0) + one.total
