@@ -374,8 +374,9 @@ def ledger_url() -> Iterator[str]:
 def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
+    base = {k: v for k, v in os.environ.items() if k not in ("CARBONWATCH_PROMETHEUS", "CARBONWATCH_LEDGER")}
     return subprocess.run([sys.executable, "-m", "carbonwatch", *argv], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env={**base, **(env or {})})
 
 
 def test_report_reads_the_ledger_with_its_quality_notes(ledger_url: str) -> None:
@@ -416,3 +417,16 @@ def test_job_reads_the_ledger(ledger_url: str, monkeypatch: pytest.MonkeyPatch) 
     rows = job.collect_jobs_from_ledger(ledger_url, ["4242"], "hpc1")
     assert job.render(rows, ("JobID", "Cluster", "User", "Elapsed", "Energy", "CO2e", "Cost"), parsable=True,
                       header=False) == "4242|hpc1|ada|00:00:14|412 J|47.3 mg|0.0000343 EUR"
+
+
+def test_prometheus_comes_from_the_flag_the_environment_or_the_stack_settings(tmp_path: Path) -> None:
+    flag, env, stack_url = (f"http://127.0.0.1:{p}" for p in support.free_ports(3))
+    stack = tmp_path / "stack.env"
+    stack.write_text(f"CARBONWATCH_PROMETHEUS={stack_url}\n")
+    for extra, environ, used in (
+        (["--prometheus", flag], {"CARBONWATCH_PROMETHEUS": env, "CARBONWATCH_STACK": str(stack)}, flag),
+        ([], {"CARBONWATCH_PROMETHEUS": env, "CARBONWATCH_STACK": str(stack)}, env),
+        ([], {"CARBONWATCH_STACK": str(stack)}, stack_url),
+    ):
+        r = _cli("report", "r1", "--timeout", "2", *extra, env=environ)
+        assert r.returncode == 4 and f"cannot reach Prometheus at {used}" in r.stderr, r.stderr
