@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,29 @@ import pytest
 from carbonwatch import cli
 
 REPO = Path(__file__).resolve().parents[1]
+Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "carbonwatch", *argv], capture_output=True, text=True, timeout=60)
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`carbonwatch ARGS...` in this process, as the console script runs it: (exit status, stdout, stderr)."""
+
+    def call(*argv: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), rc, out, err)
+
+    return call
+
+
+def test_the_console_script_exits_2_with_the_usage_of_its_command() -> None:
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "report", "r1", "--bogus"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("usage: carbonwatch report")
 
 
 def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +49,7 @@ def test_top_level_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> N
 
 @pytest.mark.parametrize(
     "command", ["report r1", "job 1", "intensity", "exporter", "runs", "budgets render", "stack status"])
-def test_an_unknown_flag_prints_the_usage_of_its_command(command: str) -> None:
+def test_an_unknown_flag_prints_the_usage_of_its_command(command: str, run: Runner) -> None:
     r = run(*command.split(), "--no-such-flag")
     name = command.split()[0] if command != "stack status" else command
     assert r.returncode == 2
@@ -44,7 +64,7 @@ def test_stack_up_intervals_have_help(capsys: pytest.CaptureFixture[str]) -> Non
     assert re.search(r"--evaluation-interval DURATION\s+how often Prometheus evaluates", out)
 
 
-def test_one_name_for_each_environment_variable() -> None:
+def test_one_name_for_each_environment_variable(run: Runner) -> None:
     """CARBONWATCH_PROMETHEUS, CARBONWATCH_PUSHGATEWAY and CARBONWATCH_LEDGER, never a *_URL variant, in the
     code, the docs, the deploy files and the help of every command."""
     texts = [p for pattern in ("exporter/carbonwatch/**/*.py", "docs/*.md", "README.md", "deploy/**/*",

@@ -128,17 +128,25 @@ def test_every_section_names_the_bad_key_and_the_file(path, expect):
         (["--zone", "XX"], {}, "", "--zone"),
         ([], {"CARBONWATCH_ZONE": "XX"}, "", "CARBONWATCH_ZONE"),
         ([], {}, "zone: XX\n", "zone (in "),
-        ([], {}, "intensity: {zone: XX}\n", "intensity.zone"),
+        ([], {}, "intensity: {zone: XX}\n", "intensity.zone (in "),
+        ([], {}, "intensity: {zones: [DE, XX]}\n", "intensity.zones (in "),
     ],
 )
-def test_unknown_zone_exits_2_pointing_to_list_zones(tmp_path, argv, env, doc, what):
+def test_an_unknown_zone_is_refused_pointing_to_list_zones(tmp_path, argv, env, doc, what):
     f = tmp_path / "c.yml"
     f.write_text(doc or "sample_interval: 1s\n")
-    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(f), *argv,
-                        "--web.listen-address", "127.0.0.1:0", "--storage.path", str(tmp_path / "state")],
-                       capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    with pytest.raises(ConfigError) as exc:
+        config_from_args(args("--config.file", str(f), *argv), environ=env)
+    assert str(exc.value).startswith(what) and "'XX' is not a known grid zone" in str(exc.value)
+    assert "--list-zones" in str(exc.value) and "--allow-unknown" in str(exc.value)
+
+
+def test_the_exporter_exits_2_on_an_unknown_zone(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--zone", "XX", "--web.listen-address",
+                        "127.0.0.1:0", "--storage.path", str(tmp_path / "state")],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "CARBONWATCH_CONFIG_FILE": ""})
     assert r.returncode == 2, r.stderr
-    assert what in r.stderr and "'XX' is not a known grid zone" in r.stderr and "--list-zones" in r.stderr
+    assert r.stderr.startswith("carbonwatch exporter: --zone: 'XX' is not a known grid zone")
 
 
 def test_unknown_zone_passes_with_allow_unknown_or_a_provider_that_knows_it():

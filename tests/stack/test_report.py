@@ -363,7 +363,7 @@ def ledger_url() -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
@@ -371,16 +371,34 @@ def ledger_url() -> Iterator[str]:
         server.server_close()
 
 
-def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    base = {k: v for k, v in os.environ.items() if k not in ("CARBONWATCH_PROMETHEUS", "CARBONWATCH_LEDGER")}
-    return subprocess.run([sys.executable, "-m", "carbonwatch", *argv], capture_output=True, text=True, timeout=60,
-                          env={**base, **(env or {})})
+Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_report_reads_the_ledger_with_its_quality_notes(ledger_url: str) -> None:
-    r = _cli("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--prometheus", f"http://127.0.0.1:{free_port()}")
+@pytest.fixture
+def cw(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`carbonwatch ARGS...` run in this process (what the console script runs), with `env` added to a
+    environment without CARBONWATCH_PROMETHEUS and CARBONWATCH_LEDGER: (exit status, stdout, stderr)."""
+    from carbonwatch import cli
+
+    def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m:
+            for name in ("CARBONWATCH_PROMETHEUS", "CARBONWATCH_LEDGER"):
+                m.delenv(name, raising=False)
+            for name, value in (env or {}).items():
+                m.setenv(name, value)
+            capsys.readouterr()
+            try:
+                rc = cli.main(list(argv))
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), rc, out, err)
+
+    return run
+
+
+def test_report_reads_the_ledger_with_its_quality_notes(ledger_url: str, cw: Cli) -> None:
+    r = cw("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--prometheus", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "succeeded" in out and "ada / vision / vit" in out and "DE" in out
@@ -389,21 +407,21 @@ def test_report_reads_the_ledger_with_its_quality_notes(ledger_url: str) -> None
     assert "14s" in out and re.search(r"segment 1 .*\(6s\) on n1:9860", out) and "segment 2" in out
     assert "25 % of the energy is estimated" in out and "103 J spread linearly over scrape gaps" in out
     assert f"read from the ledger at {ledger_url}" in out
-    data = json.loads(_cli("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--format", "json").stdout)
+    data = json.loads(cw("report", LEDGER_RUN_ID, "--ledger", ledger_url, "--format", "json").stdout)
     assert data["source"] == "ledger" and data["energy_joules"] == 412.0 and data["duration_seconds"] == 14.0
 
 
-def test_the_ledger_named_by_the_stack_settings_is_used_and_unknown_runs_exit_2(ledger_url: str,
-                                                                                tmp_path: Path) -> None:
+def test_the_ledger_named_by_the_stack_settings_is_used_and_unknown_runs_exit_2(ledger_url: str, tmp_path: Path,
+                                                                                cw: Cli) -> None:
     stack = tmp_path / "stack.env"
     stack.write_text(f"CARBONWATCH_LEDGER={ledger_url}\n")
-    ok = _cli("report", LEDGER_RUN_ID, env={"CARBONWATCH_STACK": str(stack)})
+    ok = cw("report", LEDGER_RUN_ID, env={"CARBONWATCH_STACK": str(stack)})
     assert ok.returncode == 0 and "from the ledger" in ok.stdout, ok.stderr
-    missing = _cli("report", "no-such-run", env={"CARBONWATCH_LEDGER": ledger_url})
+    missing = cw("report", "no-such-run", env={"CARBONWATCH_LEDGER": ledger_url})
     assert missing.returncode == 2 and "'no-such-run' is unknown to the ledger" in missing.stderr
-    job = _cli("job", "999", "-M", "hpc1", "--ledger", ledger_url)
+    job = cw("job", "999", "-M", "hpc1", "--ledger", ledger_url)
     assert job.returncode == 2 and "job 999 on cluster hpc1 is unknown to the ledger" in job.stderr
-    down = _cli("report", "r1", "--ledger", f"http://127.0.0.1:{free_port()}")
+    down = cw("report", "r1", "--ledger", f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 4 and "cannot reach the ledger" in down.stderr
 
 
@@ -419,7 +437,7 @@ def test_job_reads_the_ledger(ledger_url: str, monkeypatch: pytest.MonkeyPatch) 
                       header=False) == "4242|hpc1|ada|00:00:14|412 J|47.3 mg|0.0000343 EUR"
 
 
-def test_prometheus_comes_from_the_flag_the_environment_or_the_stack_settings(tmp_path: Path) -> None:
+def test_prometheus_comes_from_the_flag_the_environment_or_the_stack_settings(tmp_path: Path, cw: Cli) -> None:
     flag, env, stack_url = (f"http://127.0.0.1:{p}" for p in support.free_ports(3))
     stack = tmp_path / "stack.env"
     stack.write_text(f"CARBONWATCH_PROMETHEUS={stack_url}\n")
@@ -428,5 +446,5 @@ def test_prometheus_comes_from_the_flag_the_environment_or_the_stack_settings(tm
         ([], {"CARBONWATCH_PROMETHEUS": env, "CARBONWATCH_STACK": str(stack)}, env),
         ([], {"CARBONWATCH_STACK": str(stack)}, stack_url),
     ):
-        r = _cli("report", "r1", "--timeout", "2", *extra, env=environ)
+        r = cw("report", "r1", "--timeout", "2", *extra, env=environ)
         assert r.returncode == 4 and f"cannot reach Prometheus at {used}" in r.stderr, r.stderr
