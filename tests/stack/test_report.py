@@ -448,3 +448,19 @@ def test_prometheus_comes_from_the_flag_the_environment_or_the_stack_settings(tm
     ):
         r = cw("report", "r1", "--timeout", "2", *extra, env=environ)
         assert r.returncode == 4 and f"cannot reach Prometheus at {used}" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_long_run_read_from_summaries_gives_the_same_totals(prometheus_url: str) -> None:
+    from carbonwatch.stack import runseries
+
+    prom, sel = Prometheus(prometheus_url), 'run_id="r1"'
+    raw = runseries.run_counters(prom, runseries.ENERGY, sel, "30d", AT)["r1"]
+    summarised = runseries.run_counters(prom, runseries.ENERGY, sel, "30d", AT, raw_limit=0)["r1"]
+    assert summarised.by_component == pytest.approx(raw.by_component, rel=1e-12)
+    assert raw.first_t == BASE and raw.grew_t == BASE + 300
+    assert summarised.first_t is not None and summarised.grew_t is not None
+    assert abs(summarised.first_t - raw.first_t) <= 60 and abs(summarised.grew_t - raw.grew_t) <= 120
+    # r4's counter went down (a resumed run): read sample by sample whatever the limit
+    resumed = runseries.run_counters(prom, runseries.ENERGY, 'run_id="r4"', "30d", AT, raw_limit=0)["r4"]
+    assert resumed.total == pytest.approx(1500) and resumed.resets == 1

@@ -9,6 +9,8 @@ as the last scrape:
   before stays counted, and a counter seen through both replicas of an HA pair counts once; the component
   lines therefore add up to the total by construction;
 - the run's first and last sample and the last one where its energy grew (its end when nothing says so);
+  a run with more than RAW_LIMIT samples is read from per-series summaries instead (the same totals when no
+  counter went down, times to the minute), so a month-long run on many nodes is not fetched sample by sample;
 - the segments of a resumed run: `carbonwatch_run_segment` and `carbonwatch_run_segment_start_time_seconds`
   over the run's life, each segment ending at the run end time pushed while it ran.
 """
@@ -27,6 +29,9 @@ SEGMENT = "carbonwatch_run_segment"
 SEGMENT_START = "carbonwatch_run_segment_start_time_seconds"
 END = "carbonwatch_run_end_time_seconds"
 REPLICA_LABELS = ("replica", "prometheus_replica")  # external labels of an HA pair, as the ledger drops them
+# Raw samples fetched at most for one counter family of a run (20,000: one node's three components for a day
+# at a 15 s scrape interval); beyond, per-series summaries.
+RAW_LIMIT = 20_000
 
 
 @dataclass
@@ -77,15 +82,58 @@ def _samples(entry: dict[str, Any]) -> list[tuple[float, float]]:
     return [(float(t), float(v)) for t, v in entry.get("values", [])]
 
 
-def run_counters(prom: Prometheus, name: str, sel: str, lookback: str,
-                 at: float | None = None) -> dict[str, RunCounters]:
-    """run_id -> its counters named `name` (every raw sample within `lookback` of `at`) per component."""
-    series: dict[frozenset[tuple[str, str]], CounterTotal] = {}
-    for entry in prom.query(f"{name}{{{sel}}}[{lookback}]", at):
+Series = frozenset[tuple[str, str]]  # a series' labels (no __name__, no replica label)
+
+
+def _key(metric: dict[str, str]) -> Series:
+    return frozenset((k, v) for k, v in metric.items() if k != "__name__" and k not in REPLICA_LABELS)
+
+
+def _raw(prom: Prometheus, expr: str, at: float | None) -> list[tuple[Series, CounterTotal]]:
+    """Every raw sample of each series, accumulated exactly."""
+    out = []
+    for entry in prom.query(expr, at):
         one = CounterTotal()
         one.add(_samples(entry))
+        out.append((_key(entry.get("metric", {})), one))
+    return out
+
+
+def _summarised(prom: Prometheus, x: str, lookback: str, at: float | None) -> list[tuple[Series, CounterTotal]]:
+    """Per-series summaries for runs too long to fetch sample by sample: the total is the last value (no
+    counter went down: checked before), times to the minute."""
+    def per_series(expr: str) -> dict[Series, float]:
+        return {_key(r["metric"]): float(r["value"][1]) for r in prom.query(expr, at)}
+
+    last = per_series(f"last_over_time({x}[{lookback}])")
+    first = per_series(f"min_over_time(timestamp({x})[{lookback}:1m])")
+    seen = per_series(f"max_over_time(timestamp({x})[{lookback}:1m])")
+    grew = per_series(f"max_over_time(timestamp(changes({x}[2m]) > 0)[{lookback}:1m])")
+    out = []
+    for key, total in last.items():
+        t_seen = seen.get(key)
+        t_grew = grew.get(key)
+        if t_grew is not None and t_seen is not None:
+            t_grew = min(t_grew, t_seen)
+        out.append((key, CounterTotal(total, first.get(key), t_seen, t_grew if total > 0 else None)))
+    return out
+
+
+def run_counters(prom: Prometheus, name: str, sel: str, lookback: str, at: float | None = None,
+                 raw_limit: int = RAW_LIMIT) -> dict[str, RunCounters]:
+    """run_id -> its counters named `name` within `lookback` of `at`, per component: from every raw sample
+    (exact, times to the sample) when they are at most `raw_limit` or a counter went down, else from
+    per-series summaries (exact totals, times to the minute)."""
+    x = f"{name}{{{sel}}}"
+    count = prom.scalar(f"sum(count_over_time({x}[{lookback}]))", at) or 0.0
+    resets = prom.scalar(f"sum(resets({x}[{lookback}]))", at) or 0.0
+    if count <= raw_limit or resets > 0:
+        found = _raw(prom, f"{x}[{lookback}]", at)
+    else:
+        found = _summarised(prom, x, lookback, at)
+    series: dict[Series, CounterTotal] = {}
+    for key, one in found:
         # the same counter seen through each of an HA pair counts once (the replica that saw most of it)
-        key = frozenset((k, v) for k, v in entry.get("metric", {}).items() if k not in REPLICA_LABELS)
         if key not in series or one.total > series[key].total:
             series[key] = one
     out: dict[str, RunCounters] = {}
