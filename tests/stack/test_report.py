@@ -464,3 +464,9 @@ def test_a_long_run_read_from_summaries_gives_the_same_totals(prometheus_url: st
     # r4's counter went down (a resumed run): read sample by sample whatever the limit
     resumed = runseries.run_counters(prom, runseries.ENERGY, 'run_id="r4"', "30d", AT, raw_limit=0)["r4"]
     assert resumed.total == pytest.approx(1500) and resumed.resets == 1
+    sel4 = 'run_id="r4"'
+    for at in (AT, BASE + 420):  # ended; its second segment running
+        assert runseries.segments(prom, sel4, "30d", at, raw_limit=0) == runseries.segments(prom, sel4, "30d", at)
+        assert runseries.latest_status(prom, sel4, "30d", at, raw_limit=0) == runseries.latest_status(
+            prom, sel4, "30d", at)
+    assert runseries.latest_status(prom, sel4, "30d", BASE + 420, raw_limit=0) == "running"

@@ -164,21 +164,30 @@ class Segment:
         return None if self.start is None or self.end is None else max(0.0, self.end - self.start)
 
 
-def segments(prom: Prometheus, sel: str, lookback: str, at: float | None = None) -> list[Segment]:
+def _many(prom: Prometheus, x: str, lookback: str, at: float | None, limit: int) -> bool:
+    return (prom.scalar(f"sum(count_over_time({x}[{lookback}]))", at) or 0.0) > limit
+
+
+def _distinct(prom: Prometheus, x: str, lookback: str, at: float | None, many: bool) -> list[tuple[float, float]]:
+    """(sample time, value) of `x` within the lookback: every raw sample, or, for a long run, one per distinct
+    value (its time the last 15 s step that saw it), computed by Prometheus."""
+    if not many:
+        return [smp for e in prom.query(f"{x}[{lookback}]", at) for smp in _samples(e)]
+    expr = f'max_over_time(timestamp(count_values("value", {x}))[{lookback}:15s])'
+    return [(float(r["value"][1]), float(r["metric"]["value"])) for r in prom.query(expr, at)]
+
+
+def segments(prom: Prometheus, sel: str, lookback: str, at: float | None = None,
+             raw_limit: int = RAW_LIMIT) -> list[Segment]:
     """The run's segments in order ([] when its client pushes no segment number: one segment)."""
-    numbers: dict[float, int] = {}  # sample time -> segment number
-    for entry in prom.query(f"{SEGMENT}{{{sel}}}[{lookback}]", at):
-        numbers.update({t: int(v) for t, v in _samples(entry)})
+    many = _many(prom, f"{SEGMENT}{{{sel}}}", lookback, at, raw_limit)
+    numbers = sorted({int(v) for _, v in _distinct(prom, f"{SEGMENT}{{{sel}}}", lookback, at, many)})
     if not numbers:
         return []
-    starts: dict[int, float] = {}
-    start_samples = [s for e in prom.query(f"{SEGMENT_START}{{{sel}}}[{lookback}]", at) for s in _samples(e)]
-    for t, v in sorted(start_samples):
-        n = numbers.get(t)
-        if n is not None:
-            starts.setdefault(n, v)
-    segs = [Segment(n, starts.get(n)) for n in sorted(set(numbers.values()))]
-    ends = sorted({v for e in prom.query(f"{END}{{{sel}}}[{lookback}]", at) for _, v in _samples(e)})
+    # segment n+1 starts after segment n: the distinct starts in order are the segments' starts
+    starts = sorted({v for _, v in _distinct(prom, f"{SEGMENT_START}{{{sel}}}", lookback, at, many)})
+    segs = [Segment(n, starts[i] if i < len(starts) else None) for i, n in enumerate(numbers)]
+    ends = sorted({v for _, v in _distinct(prom, f"{END}{{{sel}}}", lookback, at, many)})
     for end in ends:  # each end belongs to the last segment that started before it
         owner = [s for s in segs if s.start is not None and s.start <= end]
         if owner:
@@ -186,16 +195,19 @@ def segments(prom: Prometheus, sel: str, lookback: str, at: float | None = None)
     return segs
 
 
-def latest_status(prom: Prometheus, sel: str, lookback: str, at: float | None = None) -> str | None:
+def latest_status(prom: Prometheus, sel: str, lookback: str, at: float | None = None,
+                  raw_limit: int = RAW_LIMIT) -> str | None:
     """The status label of the run info sampled last (a resumed run is `running` again though its first
     segment's `succeeded` is still in the window)."""
+    x = f"carbonwatch_run_info{{{sel}}}"
+    if _many(prom, x, lookback, at, raw_limit):  # a long run: the last time of each status, to 15 s
+        last = [(r["metric"].get("status"), float(r["value"][1]))
+                for r in prom.query(f"max_over_time(timestamp({x})[{lookback}:15s])", at)]
+    else:
+        last = [(e["metric"].get("status"), _samples(e)[-1][0]) for e in prom.query(f"{x}[{lookback}]", at)
+                if e.get("values")]
     best: tuple[float, str] | None = None
-    for entry in prom.query(f"carbonwatch_run_info{{{sel}}}[{lookback}]", at):
-        status = entry.get("metric", {}).get("status")
-        samples = _samples(entry)
-        if status is None or not samples:
-            continue
-        t = samples[-1][0]
-        if best is None or t > best[0] or (t == best[0] and status != "running"):
+    for status, t in last:
+        if status is not None and (best is None or t > best[0] or (t == best[0] and status != "running")):
             best = (t, status)
     return None if best is None else best[1]
