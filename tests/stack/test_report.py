@@ -73,6 +73,7 @@ def fixture_series() -> dict[str, list[tuple[str, float, int]]]:
         add("run_id:carbonwatch_cost:total", r1 + ',currency="EUR"', 0.6 * k, t)
         # Node series: n1 ran r1 (rapl CPU, NVML GPU counter, modelled memory); n2 (FR, modelled CPU) did not.
         add("carbonwatch_node_info", 'instance="n1:9860",zone="DE"', 1, t)
+        add("instance:carbonwatch_electricity_price_per_kwh:current", 'instance="n1:9860",currency="EUR"', 0.3, t)
         add("carbonwatch_node_info", 'instance="n2:9860",zone="FR"', 1, t)
         add("carbonwatch_cpu_energy_joules_total", 'instance="n1:9860",package="0",source="rapl"', t - BASE, t)
         add("carbonwatch_gpu_energy_joules_total", 'instance="n1:9860",gpu="0",source="nvml_counter"', t - BASE, t)
@@ -240,6 +241,7 @@ def test_component_lines_add_up_to_the_total_right_after_a_run(prometheus_url: s
     assert rep.energy_joules == pytest.approx(150)
     assert {c: cr.energy_joules for c, cr in rep.components.items()} == {"gpu": 100, "cpu": 50}
     assert sum(cr.energy_joules or 0 for cr in rep.components.values()) == pytest.approx(rep.energy_joules)
+    assert rep.cost == {"EUR": pytest.approx(150 / 3.6e6 * 0.3)}  # fresh too: no recorded cost yet
 
 
 @pytest.mark.slow

@@ -202,8 +202,24 @@ def _figures(rep: Report, q: _Query, energy: runseries.RunCounters | None, recor
         rep.components[c] = ComponentReport(comp_energy.get(c), comp_grams.get(c), sorted(srcs))
     rep.zones = sorted(q.by_label(f"count by (zone) (last_over_time(carbonwatch_node_info[{q.lookback}]) "
                                   f"* on(instance) group_left() {nodes})", "zone"))
-    rep.cost = q.by_label(q.last("run_id:carbonwatch_cost:total"), "currency")
+    rep.cost = _cost(q, energy) or q.by_label(q.last("run_id:carbonwatch_cost:total"), "currency")
     resets = sum(c.resets for c in (energy, grams) if c is not None)
     if resets:
         rep.quality.append(f"{resets} run counter(s) started again from 0 (a resumed run or an exporter that lost "
                            "its state); what they held before is counted")
+
+
+def _cost(q: _Query, energy: runseries.RunCounters | None) -> dict[str, float]:
+    """The run's energy on each node at that node's electricity price, per currency (as the rules'
+    run_id:carbonwatch_cost:total, but from the fresh counters); {} when no node of the run has a price."""
+    if energy is None:
+        return {}
+    nodes = f"count by (instance) (last_over_time(carbonwatch_run_energy_joules_total{{{q.sel}}}[{q.lookback}]))"
+    prices = q.prom.query(f"last_over_time(instance:carbonwatch_electricity_price_per_kwh:current[{q.lookback}]) "
+                          f"and on(instance) {nodes}", q.at)
+    cost: dict[str, float] = {}
+    for r in prices:
+        joules = energy.by_instance.get(r["metric"].get("instance", ""), 0.0)
+        currency = r["metric"].get("currency", "")
+        cost[currency] = cost.get(currency, 0.0) + joules / JOULES_PER_KWH * float(r["value"][1])
+    return cost

@@ -68,6 +68,7 @@ class RunCounters:
     """A run's counter totals per component (all nodes), and the times its counters span."""
 
     by_component: dict[str, float] = field(default_factory=dict)
+    by_instance: dict[str, float] = field(default_factory=dict)  # per node (its `instance` label)
     first_t: float | None = None
     last_t: float | None = None
     grew_t: float | None = None
@@ -142,6 +143,8 @@ def run_counters(prom: Prometheus, name: str, sel: str, lookback: str, at: float
         run = out.setdefault(m.get("run_id", ""), RunCounters())
         comp = m.get("component", "")
         run.by_component[comp] = run.by_component.get(comp, 0.0) + one.total
+        node = m.get("instance", "")
+        run.by_instance[node] = run.by_instance.get(node, 0.0) + one.total
         run.resets += one.resets
         for attr, pick in (("first_t", min), ("last_t", max), ("grew_t", max)):
             mine, theirs = getattr(run, attr), getattr(one, attr)
