@@ -35,10 +35,13 @@ LATEST = {  # metadata read as its latest value in the window
     "price": "carbonwatch_electricity_price_per_kwh",
 }
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus_replica")
-EXTRA = {"nocache": "1"}  # VictoriaMetrics: bypass the rollup result cache (ignored elsewhere)
+WINDOW = 30 * 86400.0  # the longest range VictoriaMetrics answers from its per-day index
+# VictoriaMetrics: no rollup cache and no latency offset; Thanos: an error rather than a partial answer (a store
+# that is down must not let the cursor pass the samples it holds). Other servers ignore both.
+EXTRA = {"nocache": "1", "partial_response": "false"}
 
 
-@dataclass
+@dataclass(slots=True)
 class RawSeries:
     key: str
     kind: str  # a COUNTERS key
@@ -48,7 +51,7 @@ class RawSeries:
     samples: list[tuple[float, float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Latest:
     labels: dict[str, str]
     value: float
@@ -119,13 +122,20 @@ class Source:
         return out
 
     def oldest(self, now: float, horizon: float = 5 * 365 * 86400.0, precision: float = 3600.0) -> float | None:
-        """About when the server's data of the counters begins (never later than it does): a binary search
-        of the series index. None when the server holds none of them."""
+        """About when the server's data of the counters begins (never later than it does), from its series
+        index: the oldest 30-day window holding any (VictoriaMetrics answers a longer range from its global
+        index, whatever the times), then a binary search inside it. None when the server holds none."""
         match = "{__name__=~\"carbonwatch_run_energy_joules_total|carbonwatch_energy_joules_total\"}"
-        lo, hi = now - horizon, now
-        if not self.prom.series(match, lo, hi):
+        oldest_window = None
+        end = now
+        while end > now - horizon:  # every window, so a month without data does not hide older data
+            if self.prom.series(match, end - WINDOW, end):
+                oldest_window = end
+            end -= WINDOW
+        if oldest_window is None:
             return None
-        while hi - lo > precision:  # invariant: data exists in [lo, hi]; find the earliest hi
+        lo, hi = oldest_window - WINDOW, oldest_window
+        while hi - lo > precision:  # invariant: no data in [oldest_window - WINDOW, lo), data in [lo, hi]
             mid = (lo + hi) / 2
             if self.prom.series(match, lo, mid):
                 hi = mid
