@@ -389,7 +389,7 @@ def grafana_env(state: Path, root: Path, ports: dict[str, int]) -> tuple[dict[st
         "GF_SECURITY_ADMIN_PASSWORD": password,
         "GF_USERS_ALLOW_SIGN_UP": "false",
         "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": str(root / "grafana" / "dashboards" / "fleet.json"),
-        "CARBONWATCH_PROMETHEUS_URL": f"http://{HOST}:{ports['prometheus']}",
+        "CARBONWATCH_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
         "CARBONWATCH_DASHBOARDS_DIR": str(root / "grafana" / "dashboards"),
     }
     return env, str(pw_file)
@@ -543,7 +543,6 @@ def settings_values(st: StackState) -> dict[str, str]:
         out[client_settings.ENV["pushgateway"]] = st.services["pushgateway"].url
     if "prometheus" in st.services:
         out[client_settings.ENV["prometheus"]] = st.services["prometheus"].url
-        out["CARBONWATCH_PROMETHEUS_URL"] = st.services["prometheus"].url  # `carbonwatch report`, when sourced
     secure = st.secure_files()
     if secure is not None:
         from carbonwatch.client.auth import ENV as AUTH_ENV
@@ -699,8 +698,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u.add_argument(
         "--repo-root", default=str(repo_root_default()), help="checkout with prometheus/, alerting/, grafana/"
     )
-    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION")
-    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION")
+    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus scrapes the exporters and the Pushgateway (default 15s)")
+    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus evaluates rules and alerts (default 15s); rule groups with "
+                        "longer intervals are scaled by the same factor")
     u.add_argument("--retention", type=_duration("--retention"), default=15 * 86400.0, metavar="DURATION",
                    help="Prometheus TSDB retention (default 15d)")  # fmt: skip
     u.add_argument("--port-offset", type=int, default=0, help="add N to every default port (9090, 9091, ...)")
