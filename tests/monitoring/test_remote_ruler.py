@@ -105,11 +105,12 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         gpu_procs.write_text(json.dumps([{"gpu": 0, "pid": burner.pid, "sm_util": 90, "used_memory": 2 << 30}]))
         exporter = start_exporter(
             tmp_path,
-            {"zone": "DE", "sample_interval": "250ms", "gpu": {"nvml_module": "tests.fakes.fake_nvml"},
+            {"zone": "DE", "sample_interval": "250ms",
              "cpu": {"source": "model", "tdp_watts": 100},
              "process": {"spool_dir": str(tmp_path / "spool")}},
             env={"CARBONWATCH_FAKE_NVML": json.dumps({"gpus": 1, "watts": [3000],
                                                       "processes_file": str(gpu_procs)})},
+            nvml="tests.fakes.fake_nvml",
         )
 
         # VictoriaMetrics scrapes both; vmalert evaluates the committed rule files against it.

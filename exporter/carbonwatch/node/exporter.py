@@ -33,6 +33,7 @@ from carbonwatch.node.config import (
 from carbonwatch.node.identity import IdentityResolver, build_resolver
 from carbonwatch.node.model import FatalSourceError
 from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.sources.nvml import Nvml
 from carbonwatch.node.state import StateStore
 from carbonwatch.node.web import Landing, Route, WebServer, load_web_config
 from carbonwatch.registration import HEARTBEAT
@@ -164,10 +165,10 @@ class Node:
     and identity resolver, and the durable counters. `start()` restores the counters and starts the
     background threads; `close()` stops them and writes the counters one last time."""
 
-    def __init__(self, cfg: ExporterConfig) -> None:
+    def __init__(self, cfg: ExporterConfig, nvml: Nvml | None = None) -> None:
         self.cfg = cfg
         self.feed = feed_from_config(cfg.intensity, cfg.zone)
-        self.sources = build_sources(cfg)
+        self.sources = build_sources(cfg, nvml=nvml)
         self.resolver = build_resolver(cfg)
         self.sampler = Sampler(cfg, self.sources, intensity=self.feed.in_use, resolver=self.resolver)
         self.store = StateStore(cfg.storage.path)
@@ -256,11 +257,12 @@ def serve(
                      landing=landing, what=what)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, nvml: Nvml | None = None) -> int:
+    """`carbonwatch exporter`; `nvml` replaces pynvml (a test's fake NVML, see tests/fakes/exporter.py)."""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
-    node = Node(cfg)
+    node = Node(cfg, nvml=nvml)
     try:
         node.start()
     except FatalSourceError as exc:

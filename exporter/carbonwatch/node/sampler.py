@@ -7,15 +7,13 @@ side only ever reads `Sampler.latest`, so scrape cost does not depend on the num
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
@@ -54,6 +52,9 @@ from carbonwatch.node.sources.memory import read_mem_total_bytes
 from carbonwatch.node.sources.procs import ProcScanner
 from carbonwatch.registration import Registration, RegistrationReader
 
+if TYPE_CHECKING:
+    from carbonwatch.node.sources.nvml import Nvml
+
 log = logging.getLogger("carbonwatch.node.sampler")
 
 OTHER = "other"
@@ -81,12 +82,9 @@ class Sources:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _import_nvml(dotted: str) -> ModuleType:
-    return importlib.import_module(dotted)
-
-
-def build_sources(cfg: ExporterConfig) -> Sources:
-    """Sources for a config. Never raises for a missing device: the sampler reports it per collector."""
+def build_sources(cfg: ExporterConfig, nvml: Nvml | None = None) -> Sources:
+    """Sources for a config. Never raises for a missing device: the sampler reports it per collector. `nvml`:
+    the NVML calls (None: pynvml, loaded on the first read; tests pass a fake)."""
     from carbonwatch.node.sources.cpumodel import CpuPowerModel
     from carbonwatch.node.sources.memory import MemoryPowerModel
     from carbonwatch.node.sources.rapl import RaplSource
@@ -102,11 +100,8 @@ def build_sources(cfg: ExporterConfig) -> Sources:
     if on.get("gpu", True):
         from carbonwatch.node.sources.nvml import NvmlSource
 
-        module: ModuleType | None = None
-        if cfg.gpu.nvml_module != "pynvml":
-            module = _import_nvml(cfg.gpu.nvml_module)
         # connects on its first read: a missing driver is reported per sample; NVML pids are checked in proc_root
-        s.nvml = NvmlSource(module, proc_root=cfg.process.proc_root, counter_seconds=cfg.gpu.counter_interval,
+        s.nvml = NvmlSource(nvml, proc_root=cfg.process.proc_root, counter_seconds=cfg.gpu.counter_interval,
                             process_seconds=cfg.gpu.process_interval)
     want_rapl = (on.get("cpu", True) and cfg.cpu.source != "model") or (
         on.get("memory", True) and cfg.memory.source != "model"
