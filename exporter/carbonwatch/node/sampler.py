@@ -248,10 +248,12 @@ class Sampler:
         measured: dict[str, Measured] = {"gpu": self.gpu_meter.measure(gpus, iv)}
         for key in measured["gpu"].unknown:  # exited since the last sample, or not in our /proc (pid namespace)
             procs[key] = prev[key] if key in prev else ProcessReading(key[0], 0, "unknown", 0.0, 0, -1.0, None)
-        if self.cfg.collectors.get("cpu", True):
-            measured["cpu"] = self.cpu_meter.measure(rapl, iv, status)
-        if self.cfg.collectors.get("memory", True):
-            measured["memory"] = self.memory_meter.measure(rapl, iv, status)
+        rapl_seconds = status["rapl"].duration_seconds if "rapl" in status else 0.0
+        for meter in (self.cpu_meter, self.memory_meter):
+            if self.cfg.collectors.get(meter.component, True):
+                m = measured[meter.component] = meter.measure(rapl, iv, rapl_seconds)
+                if m.status is not None and not (m.status_fallback and meter.component in status):
+                    status[meter.component] = m.status
 
         factor = grams_per_joule(intensity.grams_per_kwh) if intensity is not None else None
         devices = [self._device(d, dt) for m in measured.values() for d in m.devices]
