@@ -28,9 +28,9 @@ from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.meters import GpuSource
 from carbonwatch.node.model import GpuProcessUse, GpuReading, RunState
+from carbonwatch.node.registration import Registration, process_start_time
 from carbonwatch.node.sampler import Sampler, Sources, build_sources
 from carbonwatch.node.sources import pidns
-from carbonwatch.registration import Registration, process_start_time
 
 log = logging.getLogger("carbonwatch.client.local_meter")
 

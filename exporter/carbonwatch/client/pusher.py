@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from carbonwatch.client.auth import PushgatewayAuth, redact_url
-from carbonwatch.contracts import PUSH_JOB, PUSHED_BY_NAME
+from carbonwatch.contracts import ORIGIN_CLIENT, PUSH_JOB, PUSHED_BY_NAME
 
 log = logging.getLogger("carbonwatch.client")
 
@@ -118,7 +118,7 @@ class RunCollector(Collector):
         if OWNER in self.parts:
             info = family("carbonwatch_run_info")
             lab = s.labels
-            info.add_metric([rid, lab.user, lab.model, lab.project, lab.team, lab.host, s.status], 1.0)
+            info.add_metric([rid, ORIGIN_CLIENT, lab.user, lab.project, lab.model, lab.team, lab.host, s.status], 1.0)
             yield info
             yield from gauge("carbonwatch_run_start_time_seconds", s.start_time)
             yield from gauge("carbonwatch_run_end_time_seconds", s.end_time)

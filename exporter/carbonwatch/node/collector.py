@@ -101,7 +101,8 @@ class SnapshotCollector(Collector):
                 f["carbonwatch_process_power_watts"].add_metric(lv, p.power_watts.get(comp, 0.0))
                 f["carbonwatch_process_energy_joules"].add_metric(lv, p.energy_joules.get(comp, 0.0))
         for r in snap.runs:
-            f["carbonwatch_run_info"].add_metric([r.run_id, r.origin] + [r.labels.get(k, "") for k in RUN_LABELS], 1)
+            labels = [r.labels.get(k, "") for k in RUN_LABELS]
+            f["carbonwatch_run_info"].add_metric([r.run_id, r.origin, *labels, "", ""], 1)  # host, status: the client's
             for comp, source in sorted(r.sources.items()):
                 f["carbonwatch_run_source_info"].add_metric([r.run_id, comp, source], 1)
             for comp in COMPONENTS:

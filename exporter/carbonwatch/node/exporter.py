@@ -32,11 +32,11 @@ from carbonwatch.node.config import (
 )
 from carbonwatch.node.identity import IdentityResolver, build_resolver
 from carbonwatch.node.model import FatalSourceError
+from carbonwatch.node.registration import HEARTBEAT
 from carbonwatch.node.sampler import Sampler, Sources, build_sources
 from carbonwatch.node.sources.nvml import Nvml
 from carbonwatch.node.state import StateStore
 from carbonwatch.node.web import Landing, Route, WebServer, load_web_config
-from carbonwatch.registration import HEARTBEAT
 
 log = logging.getLogger("carbonwatch.node.exporter")
 

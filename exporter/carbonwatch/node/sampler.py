@@ -48,9 +48,9 @@ from carbonwatch.node.model import (
     SourceAbsent,
     SourceError,
 )
+from carbonwatch.node.registration import Registration, RegistrationReader
 from carbonwatch.node.sources.memory import read_mem_total_bytes
 from carbonwatch.node.sources.procs import ProcScanner
-from carbonwatch.registration import Registration, RegistrationReader
 
 if TYPE_CHECKING:
     from carbonwatch.node.sources.nvml import Nvml
@@ -351,7 +351,7 @@ class Sampler:
         return [r for r in regs if not (r.end_cpu_seconds is not None and (r.pid, r.start_time) in self._ended)]
 
     def _end_runs(self, regs: list[Registration], out: dict[ProcKey, ProcessReading]) -> None:
-        """Registrations whose run ended (carbonwatch.registration.end): the process is counted up to the CPU
+        """Registrations whose run ended (carbonwatch.node.registration.end): the process is counted up to the CPU
         time it had at the end, whether it still runs or exited since, and then leaves the run."""
         for r in regs:
             if r.end_cpu_seconds is None or r.start_time is None:

@@ -24,8 +24,8 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 from carbonwatch.errors import ConfigError
+from carbonwatch.labels import RUN_ID_RE
 from carbonwatch.node.config import KubernetesConfig
-from carbonwatch.runid import RUN_ID_RE
 
 log = logging.getLogger("carbonwatch.node.identity.kubelet")
 
