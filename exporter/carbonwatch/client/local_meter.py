@@ -29,8 +29,9 @@ from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.meters import GpuSource
 from carbonwatch.node.model import GpuProcessUse, GpuReading, RunState
 from carbonwatch.node.registration import Registration, process_start_time
-from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.sampler import Sampler
 from carbonwatch.node.sources import pidns
+from carbonwatch.node.sources.wiring import Sources, build_sources
 
 log = logging.getLogger("carbonwatch.client.local_meter")
 

@@ -33,8 +33,9 @@ from carbonwatch.node.config import (
 from carbonwatch.node.identity import IdentityResolver, build_resolver
 from carbonwatch.node.model import FatalSourceError
 from carbonwatch.node.registration import HEARTBEAT
-from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.sampler import Sampler
 from carbonwatch.node.sources.nvml import Nvml
+from carbonwatch.node.sources.wiring import Sources, build_sources
 from carbonwatch.node.state import StateStore
 from carbonwatch.node.web import Landing, Route, WebServer, load_web_config
 
