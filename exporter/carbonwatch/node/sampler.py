@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
@@ -47,6 +47,7 @@ from carbonwatch.node.registration import Registration, RegistrationReader
 from carbonwatch.node.selection import ProcessSelection
 from carbonwatch.node.sources.memory import read_mem_total_bytes
 from carbonwatch.node.sources.wiring import Sources, build_sources
+from carbonwatch.node.stateschema import CountersRecord
 
 __all__ = ["Sampler", "Sources", "build_sources"]  # (the sources' wiring is in sources/wiring.py)
 
@@ -443,12 +444,12 @@ class Sampler:
 
     # -- durable counters -------------------------------------------------------------------------
 
-    def export_state(self) -> dict[str, Any]:
+    def export_state(self) -> CountersRecord:
         """The counters that must survive a restart, as plain JSON-able data (see carbonwatch.node.state)."""
         with self._lock:
             return self.counters.export(self.clock(), self.wall())
 
-    def restore_state(self, state: Mapping[str, Any]) -> None:
+    def restore_state(self, state: CountersRecord) -> None:
         """Continue every counter from `state` (as written by `export_state`, validated by carbonwatch.node.state)."""
         with self._lock:
             self._components |= self.counters.restore(state, self.clock(), self.wall(), self.cfg.process.run_linger)
