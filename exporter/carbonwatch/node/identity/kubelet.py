@@ -54,7 +54,7 @@ class PodInfo:
     owner_kind: str = ""  # kind of its controller (Job, ReplicaSet, DaemonSet, ...)
 
 
-def _str(v: Any) -> str:
+def _str(v: object) -> str:
     return v if isinstance(v, str) else ""
 
 

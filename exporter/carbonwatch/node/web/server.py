@@ -13,7 +13,6 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.registry import Collector
@@ -27,6 +26,9 @@ log = logging.getLogger("carbonwatch.node.web")
 # An extra GET route: `(query) -> (status, body, content type)`, query being urllib.parse.parse_qs of the
 # request's query string.
 Route = Callable[[Mapping[str, list[str]]], tuple[int, bytes, str]]
+
+Request = socket.socket | tuple[bytes, socket.socket]  # socketserver's request (a stream server's: the socket)
+Address = tuple[str, int] | tuple[str, int, int, int]  # a peer's address, IPv4 or IPv6
 
 IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection (or a TLS handshake) may stay silent
 MAX_CONNECTIONS = 256  # open connections (one thread each); more are refused at once
@@ -81,7 +83,7 @@ class WebServer(ThreadingHTTPServer):
         shown = f"[{host}]" if ":" in host else host
         return f"{self.scheme}://{shown}:{port}"
 
-    def get_request(self) -> tuple[socket.socket, Any]:
+    def get_request(self) -> tuple[socket.socket, Address]:
         sock, addr = self.socket.accept()
         try:  # headers and body leave at once, no Nagle wait on a kept-alive connection (as Go's servers)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -89,7 +91,7 @@ class WebServer(ThreadingHTTPServer):
             pass
         return sock, addr
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: Request, client_address: Address) -> None:
         if not self._connections.acquire(blocking=False):
             self.refused += 1
             log.warning("refusing a connection from %s: %d connections open", client_address[0], MAX_CONNECTIONS)
@@ -101,16 +103,16 @@ class WebServer(ThreadingHTTPServer):
             self._connections.release()
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: Request, client_address: Address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._connections.release()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self, request: Request, client_address: Address) -> None:
         """In the connection's thread: TLS (when configured) before HTTP."""
         ctx = self.web.live.ssl
-        if ctx is None:
+        if ctx is None or not isinstance(request, socket.socket):
             super().finish_request(request, client_address)
             return
         tls = _handshake(request, ctx, client_address[0])
@@ -125,7 +127,7 @@ class WebServer(ThreadingHTTPServer):
         finally:
             tls.close()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: Request, client_address: Address) -> None:
         log.debug("error serving %s", client_address[0] if client_address else "?", exc_info=True)
 
     def acquire_request(self) -> bool:
