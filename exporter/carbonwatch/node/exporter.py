@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def web_config_what(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
     """Which flag, variable or key named the web configuration file (for error messages)."""
     env = os.environ if environ is None else environ
-    if getattr(args, "web_config_file", None):
+    if args.web_config_file:
         return "--web.config.file"
     return "CARBONWATCH_WEB_CONFIG_FILE" if env.get(ENV_PREFIX + "WEB_CONFIG_FILE") else "web.config_file"
 
@@ -97,7 +97,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     listen = args.listen_address or env.get(ENV_PREFIX + "WEB_LISTEN_ADDRESS")
     if listen:
         cfg.listen_address = listen
-    web_config = getattr(args, "web_config_file", None) or env.get(ENV_PREFIX + "WEB_CONFIG_FILE")
+    web_config = args.web_config_file or env.get(ENV_PREFIX + "WEB_CONFIG_FILE")
     if web_config:
         cfg.web_config_file = web_config
     if cfg.web_config_file:
@@ -106,15 +106,15 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     if interval:
         what = "--sample-interval" if args.sample_interval else "CARBONWATCH_SAMPLE_INTERVAL"
         cfg.sample_interval = parse_duration(interval, what)
-    storage = getattr(args, "storage_path", None) or env.get(ENV_PREFIX + "STORAGE_PATH")
+    storage = args.storage_path or env.get(ENV_PREFIX + "STORAGE_PATH")
     if storage:
-        what = "--storage.path" if getattr(args, "storage_path", None) else "CARBONWATCH_STORAGE_PATH"
+        what = "--storage.path" if args.storage_path else "CARBONWATCH_STORAGE_PATH"
         cfg.storage.path = check_storage_path(storage, what)
     zone = args.zone or env.get(ENV_PREFIX + "ZONE")
     if zone:
         cfg.zone = validate_zone(zone, "--zone" if args.zone else "CARBONWATCH_ZONE")
     for c in COLLECTORS:
-        flag = getattr(args, f"collector_{c}", None)
+        flag = getattr(args, f"collector_{c}", None)  # one flag per collector, named at run time
         if flag is None:
             flag = _env_bool(env, f"{ENV_PREFIX}COLLECTOR_{c.upper()}")
         if flag is not None:
@@ -124,7 +124,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
 
 def node_labels(cfg: ExporterConfig, sources: Sources, sampler: Sampler) -> dict[str, str]:
     snap = sampler.snapshot()
-    cpu_model = getattr(sources.cpu_model, "cpu_model", "") or ""
+    cpu_model = (sources.cpu_model.cpu_model if sources.cpu_model is not None else "") or ""
     return {
         "zone": cfg.zone,
         "cpu_model": str(cpu_model),
