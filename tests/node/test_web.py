@@ -35,6 +35,7 @@ from carbonwatch.errors import ConfigError
 from carbonwatch.node.web import (
     BasicAuth,
     RateLimiter,
+    Renderer,
     WebState,
     accepts_gzip,
     load_web_config,
@@ -194,6 +195,41 @@ def test_openmetrics_renderer_writes_the_librarys_bytes() -> None:
     # escaping=values rewrites names: that rare request is left to the library, which knows how
     body, ctype = render_metrics([reg], "application/openmetrics-text;version=1.0.0;escaping=values")
     assert "escaping=values" in ctype and b"U__carbonwatch__test__watts" in body
+
+
+def test_concurrent_scrapes_share_one_rendering() -> None:
+    """A burst of scrapes asking for the same body while one renders waits for that rendering, so scrapes never
+    render side by side (the sampler keeps its share of the interpreter)."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    class Slow(Collector):
+        def describe(self) -> list[Metric]:
+            return []
+
+        def collect(self) -> Iterator[Metric]:
+            calls.append(1)
+            entered.set()
+            release.wait(10)
+            yield GaugeMetricFamily("carbonwatch_test_up", "Up.", value=1)
+
+    renderer = Renderer([Slow()])
+    bodies: list[bytes] = []
+    leader = threading.Thread(target=lambda: bodies.append(renderer.body(None, False)[0]))
+    leader.start()
+    assert entered.wait(10)
+    followers = [threading.Thread(target=lambda: bodies.append(renderer.body(None, False)[0])) for _ in range(4)]
+    for t in followers:
+        t.start()
+    time.sleep(0.5)  # the followers are waiting for the leader's rendering
+    release.set()
+    for t in [leader, *followers]:
+        t.join(10)
+    assert len(calls) == 1 and len(bodies) == 5 and len(set(bodies)) == 1
+    assert b"carbonwatch_test_up 1.0" in bodies[0]
+    # another format, or gzip, is another body; once done, the next scrape renders afresh
+    zipped, _ = renderer.body(None, True)
+    assert gzip.decompress(zipped) == bodies[0] and len(calls) == 2
 
 
 def test_gzip_only_when_the_client_asks(server_factory: Any) -> None:

@@ -15,12 +15,19 @@ from carbonwatch.node.web.config import (
     parse_web_config,
     ssl_context,
 )
-from carbonwatch.node.web.render import Landing, accepts_gzip, render_metrics, render_openmetrics, render_text
+from carbonwatch.node.web.render import (
+    Landing,
+    Renderer,
+    accepts_gzip,
+    render_metrics,
+    render_openmetrics,
+    render_text,
+)
 from carbonwatch.node.web.server import MAX_CONNECTIONS, Route, WebServer, serve
 from carbonwatch.node.web.state import WebState
 
 __all__ = [
-    "MAX_CONNECTIONS", "BasicAuth", "Landing", "RateLimiter", "Route", "TLSServerConfig", "WebConfig", "WebServer",
-    "WebState", "accepts_gzip", "describe", "load_web_config", "parse_web_config", "render_metrics",
+    "MAX_CONNECTIONS", "BasicAuth", "Landing", "RateLimiter", "Renderer", "Route", "TLSServerConfig", "WebConfig",
+    "WebServer", "WebState", "accepts_gzip", "describe", "load_web_config", "parse_web_config", "render_metrics",
     "render_openmetrics", "render_text", "serve", "ssl_context",
 ]

@@ -3,8 +3,11 @@ escaping schemes) and the landing page. One render path: the format is chosen fr
 
 from __future__ import annotations
 
+import gzip
 import html
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
@@ -27,6 +30,44 @@ def render_metrics(collectors: Iterable[Collector], accept: str | None) -> tuple
     asked for, else the text format 0.0.4."""
     encoder, ctype = choose_encoder(accept or "")
     return encoder(_Many(collectors)), ctype
+
+
+GZIP_LEVEL = 1  # fastest: a scrape's text compresses ~10x already at level 1
+
+
+class Renderer:
+    """`render_metrics` for many concurrent scrapes: scrapes that ask for the same body (format and encoding)
+    while one is being rendered share that rendering instead of each making its own, so a burst of scrapes
+    costs about one rendering at a time and never starves the sampler of the interpreter."""
+
+    def __init__(self, collectors: Iterable[Collector]) -> None:
+        self.collectors = list(collectors)
+        self._lock = threading.Lock()
+        self._in_flight: dict[tuple[str, bool], Future[bytes]] = {}
+
+    def body(self, accept: str | None, compress: bool) -> tuple[bytes, str]:
+        """(body, content type) for an Accept header, gzip-compressed when `compress`."""
+        encoder, ctype = choose_encoder(accept or "")
+        key = (ctype, compress)
+        with self._lock:
+            shared = self._in_flight.get(key)
+            if shared is None:
+                mine: Future[bytes] = Future()
+                self._in_flight[key] = mine
+        if shared is not None:
+            return shared.result(), ctype
+        try:
+            data = encoder(_Many(self.collectors))
+            if compress:
+                data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+            mine.set_result(data)
+            return data, ctype
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._in_flight[key]
 
 
 def render_text(collectors: Iterable[Collector]) -> bytes:

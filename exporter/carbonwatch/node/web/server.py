@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client.registry import Collector
 
 from carbonwatch.node.web.config import TLSServerConfig
-from carbonwatch.node.web.render import Landing, accepts_gzip, render_metrics
+from carbonwatch.node.web.render import GZIP_LEVEL, Landing, Renderer, accepts_gzip
 from carbonwatch.node.web.state import WebState
 
 log = logging.getLogger("carbonwatch.node.web")
@@ -32,7 +32,6 @@ Address = tuple[str, int] | tuple[str, int, int, int]  # a peer's address, IPv4 
 
 IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection (or a TLS handshake) may stay silent
 MAX_CONNECTIONS = 256  # open connections (one thread each); more are refused at once
-GZIP_LEVEL = 1  # fastest: a scrape's text compresses ~10x already at level 1
 TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
 PLAIN_TO_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
                 b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")  # as Go's servers
@@ -57,6 +56,7 @@ class WebServer(ThreadingHTTPServer):
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.collectors = list(collectors)
+        self.renderer = Renderer(self.collectors)
         self.web = web
         self.routes = dict(routes or {})
         for path in self.routes:
@@ -262,12 +262,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, b"Service Unavailable: too many requests in flight\n", "text/plain; charset=utf-8",
                         head=head)  # fmt: skip
             return
-        code = 200
+        code, zipped = 200, accepts_gzip(self.headers.get("Accept-Encoding"))
         try:
             if route is None:
-                body, ctype = render_metrics(self.server.collectors, self.headers.get("Accept"))
+                body, ctype = self.server.renderer.body(self.headers.get("Accept"), zipped)
             else:
                 code, body, ctype = route(parse_qs(url.query))
+                body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if zipped else body
         except Exception as exc:
             log.error("serving %s failed: %s", path, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._reply(500, f"Internal Server Error: {type(exc).__name__}\n".encode(), "text/plain; charset=utf-8",
@@ -275,16 +276,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         finally:
             self.server.release_request()
-        self._reply(code, body, ctype, head=head, compress=True)
+        self._reply(code, body, ctype, head=head, gzipped=zipped, vary=True)
 
-    def _reply(self, code: int, body: bytes, ctype: str, head: bool = False, compress: bool = False,
-               extra: Mapping[str, str] | None = None) -> None:
+    def _reply(self, code: int, body: bytes, ctype: str, head: bool = False, gzipped: bool = False,
+               vary: bool = False, extra: Mapping[str, str] | None = None) -> None:
+        """Send `body` (already gzip-compressed when `gzipped`); `vary`: the body depends on Accept-Encoding."""
         headers = {"Content-Type": ctype}
-        if compress:
+        if vary:
             headers["Vary"] = "Accept-Encoding"
-            if accepts_gzip(self.headers.get("Accept-Encoding")):
-                body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-                headers["Content-Encoding"] = "gzip"
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
         headers.update(self.server.web.config.headers)
         headers.update(extra or {})
         headers["Content-Length"] = str(len(body))
