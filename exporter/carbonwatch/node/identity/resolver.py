@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from carbonwatch.contracts import ORIGINS
 from carbonwatch.node.config import ExporterConfig, KubernetesConfig
@@ -285,19 +285,18 @@ def build_resolver(cfg: ExporterConfig, environ: Mapping[str, str] | None = None
     return Resolver(pods, cfg.kubernetes, cluster, cfg.process.proc_root, fact_ttl=ttl)
 
 
+@dataclass
 class _Chain:
     """The run of each process of one sample, memoised along parent links."""
 
-    def __init__(self, resolver: Resolver, by_pid: Mapping[int, ProcessReading], registered: Mapping[int, str],
-                 facts: Mapping[int, _Facts], views: Mapping[int, _PodView | None], now: float) -> None:
-        self.resolver = resolver
-        self.by_pid = by_pid
-        self.registered = registered
-        self.facts = facts
-        self.views = views
-        self.now = now
-        self._runs: dict[int, RunIdentity | None] = {}
-        self._contexts: dict[int, dict[str, str]] = {}
+    resolver: Resolver
+    by_pid: Mapping[int, ProcessReading]
+    registered: Mapping[int, str]
+    facts: Mapping[int, _Facts]
+    views: Mapping[int, _PodView | None]
+    now: float
+    _runs: dict[int, RunIdentity | None] = field(default_factory=dict)
+    _contexts: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def context(self, pid: int) -> dict[str, str]:
         if pid not in self._contexts:
