@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BIN := $(HOME)/.local/bin
 
-.PHONY: setup path demo test lint bench docs dashboards clean
+.PHONY: setup path demo check test lint bench docs dashboards clean
 
 setup:
 	scripts/setup.sh
@@ -19,6 +19,12 @@ path:
 
 demo: setup
 	$(PY) -m carbonwatch.stack.demo
+
+# The fast tier: every test not marked slow (no real binaries started) and the promtool rule tests.
+check:
+	scripts/setup.sh test
+	$(PY) -m pytest -q -m "not slow"
+	promtool test rules tests/rules/*.test.yml
 
 test:
 	scripts/setup.sh test

@@ -69,10 +69,10 @@ def test_exporter_attributes_real_processes_and_fake_gpus(tmp_path, busy_run):
     fake = {"gpus": 2, "watts": [200, 200], "processes_file": str(procs_file)}
     exp = start_exporter(
         tmp_path,
-        {"zone": "DE", "sample_interval": "250ms", "gpu": {"nvml_module": "tests.fakes.fake_nvml"},
+        {"zone": "DE", "sample_interval": "250ms",
          "cpu": {"source": "model", "tdp_watts": 100}, "process": {"top_n": 5, "spool_dir": str(tmp_path / "spool")},
          "collectors": {"intensity": False}},
-        env={"CARBONWATCH_FAKE_NVML": json.dumps(fake)},
+        env={"CARBONWATCH_FAKE_NVML": json.dumps(fake)}, nvml="tests.fakes.fake_nvml",
     )
     try:
         time.sleep(2.5)

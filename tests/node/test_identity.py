@@ -13,8 +13,8 @@ import carbonwatch.node.sampler as sampler_mod
 import tests.node.test_sampler as sampler_tests
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
+from carbonwatch.node.registration import Registration
 from carbonwatch.node.sources.procs import ProcScanner
-from carbonwatch.registration import Registration
 from tests.fleetfakes import FakeKubelet, FleetProc, k8s_path, pod, v1, v2
 
 NS = "vision"
