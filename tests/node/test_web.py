@@ -684,5 +684,5 @@ def test_the_config_key_and_the_flag_name_the_web_config_file(tmp_path: Path, ha
     with pytest.raises(ConfigError, match=r"^--web.config.file: "):
         config_from_args(args("--web.config.file", str(bad)), environ={})
     cfg.write_text(yaml.safe_dump({"web": {"config_file": 7}}))
-    with pytest.raises(ConfigError, match=r"^web.config_file: expected str"):
+    with pytest.raises(ConfigError, match=r"exporter.yml: web.config_file: expected str"):
         config_from_args(args("--config.file", str(cfg)), environ={})
