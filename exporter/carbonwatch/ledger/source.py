@@ -10,9 +10,8 @@ counts once. `nocache=1` keeps VictoriaMetrics from answering from its rollup ca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from carbonwatch.errors import NetworkError
 from carbonwatch.promql import Prometheus
@@ -72,30 +71,28 @@ class Source:
     def counters(self, start: float, end: float) -> list[RawSeries]:
         """Every raw sample of the counters in (start, end] (servers that include `start` are filtered)."""
         out: list[RawSeries] = []
-        for kind, (name, _) in COUNTERS.items():
-            result = self.prom.raw(f"{name}[{duration_ms(end - start)}]", end, EXTRA)
-            out += self._series(kind, result, start)
+        for kind in COUNTERS:
+            out += self.counter(kind, start, end)
         return out
 
-    def _series(self, kind: str, result: Iterable[dict[str, Any]], start: float) -> list[RawSeries]:
-        chosen: dict[tuple[tuple[str, str], ...], tuple[tuple[int, str], RawSeries]] = {}
+    def counter(self, kind: str, start: float, end: float) -> list[RawSeries]:
+        """One counter's raw samples in (start, end], one series per identity."""
+        result = self.prom.raw(f"{COUNTERS[kind][0]}[{duration_ms(end - start)}]", end, EXTRA)
+        chosen: dict[str, tuple[tuple[int, str], RawSeries]] = {}
+        drop = {"__name__", *self.replica_labels}
         for entry in result:
-            labels = dict(entry.get("metric") or {})
+            labels = entry.get("metric") or {}
             try:
                 samples = [(float(t), float(v)) for t, v in entry["values"]]
             except (KeyError, TypeError, ValueError):
                 raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
                                    f"[time, value] pairs for {kind}") from None
             samples = [(t, v) for t, v in samples if t > start and math.isfinite(v)]
-            ident = self.identity(labels)
-            replica = ",".join(labels.get(r, "") for r in self.replica_labels)
-            rank = (-len(samples), replica)
-            series = RawSeries(
-                key=kind + "|" + "|".join(f"{k}={v}" for k, v in ident), kind=kind,
-                run_id=labels.get("run_id", ""), instance=labels.get("instance", ""),
-                component=labels.get("component", ""), samples=samples)
-            if ident not in chosen or rank < chosen[ident][0]:
-                chosen[ident] = (rank, series)
+            key = kind + "|" + "|".join([k + "=" + v for k, v in sorted(labels.items()) if k not in drop])
+            rank = (-len(samples), ",".join(labels.get(r, "") for r in self.replica_labels))
+            if key not in chosen or rank < chosen[key][0]:
+                chosen[key] = (rank, RawSeries(key, kind, labels.get("run_id", ""), labels.get("instance", ""),
+                                               labels.get("component", ""), samples))
         return [s for _, s in chosen.values() if s.samples]
 
     def latest(self, start: float, end: float) -> dict[str, list[Latest]]:

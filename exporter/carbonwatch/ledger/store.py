@@ -14,7 +14,6 @@ from sqlalchemy import Connection, Engine, bindparam, func, select
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.ledger import schema
 from carbonwatch.ledger.accumulate import SeriesState
-from carbonwatch.ledger.db import dialect_insert
 
 RunKey = tuple[str, str, str, str, int]  # run_id, instance, component, zone, hour
 NodeKey = tuple[str, str, str, int]  # instance, component, zone, hour
@@ -107,15 +106,22 @@ def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> No
 
 def _upsert(conn: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]],
             add: Iterable[str] = ()) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE (the columns in `add` are added to), one executemany. The SQL
+    is the same on SQLite and PostgreSQL; it goes to the driver directly (SQLAlchemy's per-row parameter
+    processing would be most of a large window's time)."""
     if not rows:
         return
-    stmt: Any = dialect_insert(conn)(table)
+    cols = list(rows[0])
     add = set(add)
-    updates = {c: (table.c[c] + stmt.excluded[c] if c in add else stmt.excluded[c])
-               for c in rows[0] if c not in keys}  # fmt: skip
-    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates else \
-        stmt.on_conflict_do_nothing(index_elements=keys)
-    conn.execute(stmt, rows)
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sets = [f'"{c}" = "{table.name}"."{c}" + excluded."{c}"' if c in add else f'"{c}" = excluded."{c}"'
+            for c in cols if c not in keys]  # fmt: skip
+    names = ", ".join('"' + c + '"' for c in cols)
+    conflict = ", ".join('"' + k + '"' for k in keys)
+    action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
+    sql = (f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join([mark] * len(cols))}) '
+           f"ON CONFLICT ({conflict}) {action}")
+    conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
 
 
 def _zones_prices(conn: Connection, batch: Batch) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -36,10 +36,11 @@ class Health:
     ready: bool = False
 
 
-def build_batch(start: float, end: float, raw: list[RawSeries], latest: dict[str, list[Latest]],
+def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict[str, list[Latest]],
                 states: dict[str, SeriesRow], zones: dict[str, str],
                 prices: dict[str, tuple[str, float]]) -> Batch:
-    """What the window (start, end] adds, from its raw counter samples and latest metadata (pure)."""
+    """What the window (start, end] adds, from its raw counter samples and latest metadata (pure). `raw` may
+    be a generator: each counter's answer is dropped once accumulated."""
     batch = Batch(until=end)
     for row in latest.get("node_info", []):
         if row.labels.get("instance") and "zone" in row.labels:
@@ -176,9 +177,9 @@ class Syncer:
             cursor = end
 
     def window(self, start: float, end: float) -> None:
-        raw = self.source.counters(start, end)
         latest = self.source.latest(start, end)
-        batch = build_batch(start, end, raw, latest, self.states, self.zones, self.prices)
+        count = [0]
+        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices)
         try:
             store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None))
         except BaseException:
@@ -188,4 +189,10 @@ class Syncer:
         self.zones.update(batch.zones)
         self.prices.update(batch.prices)
         self.health.cursor = end
-        self.rate = sum(len(s.samples) for s in raw) / max(end - start, 1e-3)
+        self.rate = count[0] / max(end - start, 1e-3)
+
+    def _raw(self, start: float, end: float, count: list[int]) -> Iterator[RawSeries]:
+        for kind in COUNTERS:
+            for series in self.source.counter(kind, start, end):
+                count[0] += len(series.samples)
+                yield series
