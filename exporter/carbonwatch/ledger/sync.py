@@ -124,6 +124,7 @@ class Syncer:
         self.zones = store.load_zones(engine)
         self.prices = store.load_prices(engine)
         self.rate = 0.0  # raw samples per second of data seen in the last chunk
+        self.cap = chunk  # the longest chunk the server has not refused as too large
         self.lock = threading.Lock()
 
     def initial_cursor(self, until: float) -> float:
@@ -134,8 +135,8 @@ class Syncer:
 
     def chunk_length(self) -> float:
         if self.rate <= 0:
-            return self.chunk
-        return max(MIN_CHUNK, min(self.chunk, MAX_SAMPLES / self.rate))
+            return self.cap
+        return max(MIN_CHUNK, min(self.cap, MAX_SAMPLES / self.rate))
 
     def sync(self) -> bool:
         """Catch up; True when the cursor reached now - delay. Errors are counted and logged, never raised."""
@@ -172,7 +173,9 @@ class Syncer:
             except ConfigError as exc:
                 if "sample" not in str(exc) or end - cursor <= MIN_CHUNK:
                     raise
-                self.rate = max(self.rate * 2, 2 * MAX_SAMPLES / (end - cursor))  # the answer was too big
+                self.cap = max(MIN_CHUNK, (end - cursor) / 2)  # the answer would have been too big
+                log.info("the server refused %gs of samples as too many; chunks of %gs from now on",
+                         end - cursor, self.cap)
                 continue
             cursor = end
 
