@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from sys import intern
 from typing import Any
-from dataclasses import dataclass
 
 from carbonwatch.errors import NetworkError
 from carbonwatch.promql import Prometheus
