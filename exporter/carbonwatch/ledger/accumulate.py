@@ -92,16 +92,17 @@ def clean(samples: Sequence[tuple[float, float]], after: float) -> list[tuple[fl
 
 
 def accumulate(state: SeriesState | None, samples: Sequence[tuple[float, float]], count_first: bool,
-               limit: float | None = None) -> Accumulated:
+               limit: float | None = None, floor: float = MIN_GAP) -> Accumulated:
     """Add `samples` (time, value) of one counter to `state`. `count_first`: a series seen for the first time
     counts its first value (a run counter starts at 0 with the run); otherwise it is only the baseline (a
-    node counter's lifetime total predates the ledger). `limit`: the gap limit, else from the samples."""
+    node counter's lifetime total predates the ledger). `limit`: the gap limit, else from the samples, at
+    least `floor` (2 x the fleet's scrape interval, for windows too short to show a series' own)."""
     new = clean(samples, state.last_time if state else float("-inf"))
     out = Accumulated(state=state, new_samples=len(new))
     if not new:
         return out
     times = ([state.last_time] if state else []) + [t for t, _ in new]
-    limit = gap_limit(times) if limit is None else limit
+    limit = max(gap_limit(times), floor) if limit is None else limit
     if state is None:
         t, v = new[0]
         if count_first and v > 0:

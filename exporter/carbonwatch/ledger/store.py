@@ -46,6 +46,8 @@ class Batch:
     seen: dict[tuple[str, str], tuple[float, float, float | None]] = field(default_factory=dict)
     zones: dict[str, str] = field(default_factory=dict)
     prices: dict[str, tuple[str, float]] = field(default_factory=dict)
+    floor: float = 60.0  # the gap limit at least (accumulate's `floor`)
+    spacings: list[float] = field(default_factory=list)  # seconds between samples of some series
 
 
 Hook = Callable[[str], None]  # called between statements (tests raise in it to simulate a crash)

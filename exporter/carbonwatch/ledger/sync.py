@@ -6,6 +6,7 @@ nothing; it is read again at the next sync.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ from sqlalchemy import Engine
 
 from carbonwatch.errors import CarbonwatchError, ConfigError
 from carbonwatch.ledger import store
-from carbonwatch.ledger.accumulate import accumulate
+from carbonwatch.ledger.accumulate import MIN_GAP, accumulate
 from carbonwatch.ledger.source import COUNTERS, Latest, RawSeries, Source
 from carbonwatch.ledger.store import Batch, Hook, SeriesRow
 
@@ -24,6 +25,8 @@ log = logging.getLogger("carbonwatch.ledger")
 SEGMENT_GAP = 600.0  # seconds without a sample of a run on a node that end one of its segments
 MAX_SAMPLES = 400_000  # raw samples per chunk the ledger aims at (memory of one answer)
 MIN_CHUNK = 15.0
+SPACINGS = 2000  # series whose sample spacing tells the fleet's scrape interval, per window
+MAX_FLOOR = 600.0  # the gap limit learnt from the fleet never exceeds this
 
 
 @dataclass
@@ -38,10 +41,10 @@ class Health:
 
 def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict[str, list[Latest]],
                 states: dict[str, SeriesRow], zones: dict[str, str],
-                prices: dict[str, tuple[str, float]]) -> Batch:
+                prices: dict[str, tuple[str, float]], floor: float = MIN_GAP) -> Batch:
     """What the window (start, end] adds, from its raw counter samples and latest metadata (pure). `raw` may
     be a generator: each counter's answer is dropped once accumulated."""
-    batch = Batch(until=end)
+    batch = Batch(until=end, floor=floor)
     for row in latest.get("node_info", []):
         if row.labels.get("instance") and "zone" in row.labels:
             batch.zones[row.labels["instance"]] = row.labels["zone"]
@@ -58,9 +61,11 @@ def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict
 
 
 def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: str) -> None:
-    acc = accumulate(held.state if held else None, series.samples, COUNTERS[series.kind][1])
+    acc = accumulate(held.state if held else None, series.samples, COUNTERS[series.kind][1], floor=batch.floor)
     if acc.state is None or acc.new_samples == 0:
         return
+    if held and len(batch.spacings) < SPACINGS:
+        batch.spacings.append((acc.state.last_time - held.state.last_time) / acc.new_samples)
     batch.series[series.key] = SeriesRow(series.kind, series.run_id, series.instance, series.component, acc.state)
     col = 1 if series.kind.endswith("emissions") else 0
     run = series.kind.startswith("run_")
@@ -125,6 +130,7 @@ class Syncer:
         self.prices = store.load_prices(engine)
         self.rate = 0.0  # raw samples per second of data seen in the last chunk
         self.cap = chunk  # the longest chunk the server has not refused as too large
+        self.floor = MIN_GAP  # the gap limit below which no series' gap is an estimate
         self.lock = threading.Lock()
 
     def initial_cursor(self, until: float) -> float:
@@ -182,7 +188,8 @@ class Syncer:
     def window(self, start: float, end: float) -> None:
         latest = self.source.latest(start, end)
         count = [0]
-        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices)
+        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices,
+                            self.floor)
         try:
             store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None))
         except BaseException:
@@ -193,6 +200,8 @@ class Syncer:
         self.prices.update(batch.prices)
         self.health.cursor = end
         self.rate = count[0] / max(end - start, 1e-3)
+        if batch.spacings:  # 2 x the fleet's median spacing: what a window too short for one series' own says
+            self.floor = min(MAX_FLOOR, max(MIN_GAP, 2 * statistics.median(batch.spacings)))
 
     def _raw(self, start: float, end: float, count: list[int]) -> Iterator[RawSeries]:
         for kind in COUNTERS:
