@@ -93,6 +93,9 @@ def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> No
         _cells(conn, schema.node_buckets, ("instance", "component", "zone", "hour"), batch.node_cells,
                batch.prices)
         hook("node_buckets")
+        _cells(conn, schema.run_days, ("run_id", "zone", "day"), _days(batch.run_cells, (0, 3)), batch.prices)
+        _cells(conn, schema.node_days, ("instance", "zone", "day"), _days(batch.node_cells, (0, 2)), batch.prices)
+        hook("days")
         _series(conn, batch.series)
         hook("series")
         if batch.resets:
@@ -144,6 +147,30 @@ def _cells(conn: Connection, table: Any, keys: tuple[str, ...], cells: dict[Any,
         rows.append(row)
     _upsert(conn, table, list(keys), rows,
             add=("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"))
+
+
+def _days(cells: dict[Any, Cell], keep: tuple[int, int]) -> dict[Any, Cell]:
+    """`cells` summed per (key[keep[0]], key[keep[1]], UTC day of the hour)."""
+    out: dict[Any, Cell] = {}
+    for key, cell in cells.items():
+        hour = key[-1]
+        day_cell = out.setdefault((key[keep[0]], key[keep[1]], hour - hour % 86400), [0.0, 0.0, 0.0, 0.0])
+        for i in range(4):
+            day_cell[i] += cell[i]
+    return out
+
+
+def rebuild_days(engine: Engine) -> None:
+    """Make the day rollups again from the hour buckets (after a correction of the buckets)."""
+    cols = ("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost")
+    with engine.begin() as conn:
+        for days, hours, keys in ((schema.run_days, schema.run_buckets, ("run_id", "zone")),
+                                  (schema.node_days, schema.node_buckets, ("instance", "zone"))):
+            conn.execute(days.delete())
+            day = (hours.c.hour - hours.c.hour % 86400).label("day")
+            q = select(*(hours.c[k] for k in keys), day, *(func.sum(hours.c[c]).label(c) for c in cols))
+            conn.execute(days.insert().from_select([*keys, "day", *cols], q.group_by(*(hours.c[k] for k in keys),
+                                                                                      day)))
 
 
 def _series(conn: Connection, rows: dict[str, SeriesRow]) -> None:
