@@ -46,7 +46,7 @@ def sync_window(engine, start: float, end: float, hook=None) -> None:
     raw, latest = window(start, end)
     batch = build_batch(start, end, raw, latest, store.load_states(engine), store.load_zones(engine),
                         store.load_prices(engine))
-    store.commit(engine, batch, end, hook or (lambda _: None))
+    store.commit(engine, batch, end, hook or (lambda _: None), previous=store.load_cursor(engine))
 
 
 def state(engine) -> tuple:
@@ -142,4 +142,21 @@ def test_day_rollups_equal_the_buckets_they_are_rebuilt_from(database_url):
             assert queries.usage(conn, group, "day", T0 + 1, day + 86400) == hours  # the hour holding `from`
             assert [r["energy_joules"] for r in whole] == pytest.approx([r["energy_joules"] for r in hours])
             assert [r["runs"] for r in whole] == [r["runs"] for r in hours]
+    engine.dispose()
+
+
+def test_a_second_writer_rolls_back_instead_of_counting_twice(database_url):
+    """Two ledgers on one database: the one whose cursor is stale finds it moved, and its window is rolled
+    back (the other's already counted those samples)."""
+    engine = db.connect(database_url)
+    sync_window(engine, T0 - 1, T0 + H)
+    raw, latest = window(T0 + H, T0 + 2 * H)
+    stale = build_batch(T0 + H, T0 + 2 * H, raw, latest, store.load_states(engine), {}, {})
+    sync_window(engine, T0 + H, T0 + 2 * H)  # the other ledger got there first
+    before = state(engine)
+    with pytest.raises(store.CursorMoved, match="only one `ledger serve` may write"):
+        store.commit(engine, stale, T0 + 2 * H, previous=T0 + H)
+    with pytest.raises(store.CursorMoved):
+        store.commit(engine, stale, T0 + 2 * H, previous=None)  # a first start against a used database
+    assert state(engine) == before
     engine.dispose()

@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select
 
 from carbonwatch.contracts import JOULES_PER_KWH
+from carbonwatch.errors import CarbonwatchError
 from carbonwatch.ledger import schema
 from carbonwatch.ledger.accumulate import SeriesState
+from carbonwatch.ledger.db import dialect_insert
 
 RunKey = tuple[str, str, str, str, int]  # run_id, instance, component, zone, hour
 NodeKey = tuple[str, str, str, int]  # instance, component, zone, hour
@@ -81,10 +83,17 @@ def load_zones(engine: Engine) -> dict[str, str]:
         return {r.instance: r.zone for r in conn.execute(select(schema.zones))}
 
 
-def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> None:
-    """Write `batch` and move the cursor to `batch.until`, atomically."""
+class CursorMoved(CarbonwatchError):
+    """The cursor in the database is not where this process left it: another ledger writes the same
+    database. The window was rolled back; read the state again."""
+
+
+def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook, previous: float | None = None) -> None:
+    """Write `batch` and move the cursor from `previous` (None: no cursor yet) to `batch.until`, atomically.
+    CursorMoved (nothing written) when the database's cursor is not `previous`."""
     with engine.begin() as conn:
         hook("begin")
+        _move_cursor(conn, previous, batch.until, now)
         _zones_prices(conn, batch)
         hook("zones")
         _cells(conn, schema.run_buckets, ("run_id", "instance", "component", "zone", "hour"), batch.run_cells,
@@ -104,9 +113,23 @@ def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> No
         hook("runs")
         _segments(conn, batch)
         hook("segments")
-        _upsert(conn, schema.cursor, ["source"], [{"source": CURSOR, "synced_until": batch.until,
-                                                   "updated_at": now}])
         hook("cursor")
+
+
+def _move_cursor(conn: Connection, previous: float | None, until: float, now: float) -> None:
+    """First statement of a window: moving the cursor row locks it (PostgreSQL) or the database (SQLite), so
+    a second writer waits, then finds the cursor moved and rolls back instead of counting the window twice."""
+    t = schema.cursor
+    if previous is None:
+        insert: Any = dialect_insert(conn)(t)
+        stmt = insert.values(source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(
+            index_elements=["source"])
+    else:
+        stmt = t.update().where(t.c.source == CURSOR, t.c.synced_until == previous).values(
+            synced_until=until, updated_at=now)
+    if len(conn.execute(stmt.returning(t.c.source)).all()) != 1:  # rowcount is -1 for some drivers
+        raise CursorMoved("another ledger moved the cursor of this database (only one `ledger serve` may write "
+                          "it); this one reads its state again")
 
 
 def _upsert(conn: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]],

@@ -124,7 +124,8 @@ class Syncer:
         self.delay, self.chunk, self.start = delay, chunk, start
         self.clock = clock
         self.hook = hook
-        self.health = Health(cursor=store.load_cursor(engine), ready=True)
+        self.stored = store.load_cursor(engine)  # the cursor as the database holds it
+        self.health = Health(cursor=self.stored, ready=True)
         self.states = store.load_states(engine)
         self.zones = store.load_zones(engine)
         self.prices = store.load_prices(engine)
@@ -191,10 +192,14 @@ class Syncer:
         batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices,
                             self.floor)
         try:
-            store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None))
+            store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None), previous=self.stored)
         except BaseException:
             self.states = store.load_states(self.engine)
+            self.stored = store.load_cursor(self.engine)
+            if self.stored is not None:
+                self.health.cursor = self.stored
             raise
+        self.stored = end
         self.states.update(batch.series)
         self.zones.update(batch.zones)
         self.prices.update(batch.prices)
