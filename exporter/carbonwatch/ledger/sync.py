@@ -81,7 +81,8 @@ def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: s
                              "metric": series.kind, "time": r.time, "value_before": r.value_before,
                              "value_after": r.value_after})
     if run:
-        first = min(t for t, _ in series.samples if not held or t > held.state.last_time)
+        after = held.state.last_time if held else float("-inf")
+        first = min([t for t, _ in series.samples if t > after])
         prev = held.state.last_time if held and first - held.state.last_time <= SEGMENT_GAP \
             and not acc.resets else None
         t0, t1, p = batch.seen.get((series.run_id, series.instance), (first, acc.state.last_time, prev))
