@@ -86,3 +86,53 @@ def test_command_name_prefers_the_installation_on_path(monkeypatch: pytest.Monke
     assert stack.command_name() == str(script)
     monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
     assert stack.command_name() == "carbonwatch"
+
+
+def free_offset(ports: tuple[int, ...] = (9090, 9091, 9093, 9860, 9863, 3000)) -> int:
+    """A port offset at which every port the stack may use (the ledger's included) is free."""
+    import random
+    import socket
+
+    for _ in range(50):
+        offset = random.randrange(20000, 50000)
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    pytest.skip("no free port offset found")
+
+
+@pytest.mark.slow
+def test_the_real_demo_ends_with_its_alert_in_alertmanager(tmp_path: Path) -> None:
+    """`python -m carbonwatch.stack.demo` with the real launcher (reaper included) and real binaries: exit 0,
+    every URL, the budget alert as Alertmanager holds it, the stop hint; the stack is stopped afterwards."""
+    if shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None:
+        pytest.skip("the Prometheus stack's binaries are not installed")
+    state = tmp_path / "state"
+    env = dict(os.environ, HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env.pop("CARBONWATCH_SPOOL_DIR", None)  # the stack's exporter watches the default spool
+    env.pop("CARBONWATCH_STACK", None)
+    down = [sys.executable, "-m", "carbonwatch", "stack", "down", "--state-dir", str(state)]
+    offset = free_offset()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "carbonwatch.stack.demo", "--state-dir", str(state),
+             f"--port-offset={offset}", "--run-id", "demo-e2e", "--alert-timeout=150"],
+            env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path,
+        )
+        out = proc.stdout
+        assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+        assert "CarbonwatchRunBudgetExceeded" in out and "reached Alertmanager" in out, out[-2000:]
+        for name, port in (("Prometheus", 9090), ("Alertmanager", 9093), ("Pushgateway", 9091)):
+            assert f"{name}" in out and f"http://127.0.0.1:{port + offset}" in out, out[-2000:]
+        assert "Your runs report here" in out
+        hint = out.rsplit("Stop it with:", 1)[1].strip().splitlines()[0]
+        assert shlex.split(hint)[-4:] == ["stack", "down", "--state-dir", str(state)]
+    finally:
+        stopped = subprocess.run(down, env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stack.running_state(state) is None
