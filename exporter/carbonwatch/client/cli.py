@@ -33,9 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "none: local mode")
     p.add_argument("--prometheus", help="Prometheus URL (env CARBONWATCH_PROMETHEUS): budgets and the summary "
                    "read the run's recorded emissions")
-    p.add_argument("--run-id", help="run id (default: generated and printed)")
+    p.add_argument("--run-id", help="run id (default: generated and printed); the id of a finished run is refused "
+                   "unless --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the finished run --run-id as its next segment (one run in `carbonwatch report`)")
     p.add_argument("--user", help="user label (env CARBONWATCH_USER, default: login name)")
-    p.add_argument("--model", default="", help="model label")
+    p.add_argument("--model", default="", help="model label (env CARBONWATCH_MODEL)")
     p.add_argument("--project", help="project label (env CARBONWATCH_PROJECT)")
     p.add_argument("--team", help="team label (env CARBONWATCH_TEAM)")
     p.add_argument("--zone", help="grid zone for the summary's emissions (env CARBONWATCH_ZONE, default world)")
@@ -91,6 +94,8 @@ def _foreground_preexec(tty: bool) -> Callable[[], None]:
 
 def main(args: argparse.Namespace) -> int:
     cmd = _command(args)
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume: needs --run-id, the finished run to continue")
     settings = resolve(
         dict(
             pushgateway=args.pushgateway, prometheus=args.prometheus, user=args.user, project=args.project,
@@ -108,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
 
     run = Run(
         run_id=args.run_id or new_run_id(), model=args.model, budget_grams=args.budget_grams, on_budget=on_budget,
-        settings=settings, root_pid=0, wrapper=True, summary=not args.quiet,
+        settings=settings, root_pid=0, wrapper=True, summary=not args.quiet, resume=args.resume,
     )
     if settings.on_budget == "stop":
         run.on_budget_note = "stopping the command (SIGINT to its process group, as Ctrl-C)"
