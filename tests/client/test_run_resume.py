@@ -12,7 +12,7 @@ import pytest
 from carbonwatch.client.api import Run
 from carbonwatch.client.pusher import RunCollector
 from carbonwatch.errors import ConfigError
-from tests.client.test_client_cli import cw, env, finish, records  # noqa: F401  (env is a fixture)
+from tests.client.test_client_cli import cw, finish, records
 
 PY = sys.executable
 
