@@ -290,14 +290,18 @@ def test_wait_below_starts_the_command_once_the_grid_is_clean_enough(env: dict[s
     env = dict(env, CARBONWATCH_CONFIG=str(cfg))
     p = cw("run", "--zone", "DE", "--wait-below", "100", "--poll", "0.1s", "--max-wait", "30s", "--", PY, "-c",
            f"import time; open({str(started)!r}, 'w').write(repr(time.time()))", env=env)
+    first = ""
     try:
-        time.sleep(1.0)
+        assert p.stderr is not None
+        while "waiting for" not in first and "starting" not in first:  # the first check, however late it comes
+            first = p.stderr.readline()
+            assert first, "carbonwatch run ended before it said it waits"
         assert not started.exists()  # still waiting at 400 g/kWh
-        time.sleep(0.05)
         values.write_text("DE: 50\n")
         cleaned = time.time()
     finally:
-        rc, _, err = finish(p, timeout=30)
+        rc, _, rest = finish(p, timeout=30)
+    err = first + rest
     assert rc == 0, err
     assert float(started.read_text()) >= cleaned
     assert "is 400 g/kWh (file), waiting for < 100" in err

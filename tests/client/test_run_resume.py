@@ -79,3 +79,33 @@ def test_carbonwatch_run_takes_the_model_from_the_environment(env: dict[str, str
     rc, _, err = finish(cw("run", "--run-id", "flag-model", "--model", "vit", "--no-local-meter", "--", PY, "-c",
                            "pass", env=dict(env, CARBONWATCH_MODEL="resnet18")))
     assert records(env)[-1]["model"] == "vit"  # the flag wins
+
+
+@pytest.mark.slow
+def test_a_run_id_that_finished_elsewhere_is_known_from_prometheus(tmp_path: Path) -> None:
+    """No local record (another machine ran it): Prometheus' end time refuses the id, and its segment and first
+    start make the resumed run segment 3 starting where the run first started."""
+    import shutil
+    import time
+
+    from tests.support import Prometheus
+
+    if shutil.which("promtool") is None or shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed")
+    now = int(time.time()) - 600
+    lab = 'run_id="elsewhere",job="carbonwatch_run"'
+    prom = Prometheus.from_series(tmp_path, {
+        "carbonwatch_run_start_time_seconds": [(lab, now - 3600, t) for t in (now - 60, now)],
+        "carbonwatch_run_end_time_seconds": [(lab, now - 30, t) for t in (now - 20, now)],
+        "carbonwatch_run_segment": [(lab, 2, t) for t in (now - 60, now)],
+    })
+    try:
+        runs = tmp_path / "runs.jsonl"
+        with pytest.raises(ConfigError, match=r"run elsewhere already finished \(found in Prometheus\)"):
+            local_run(runs, "elsewhere", prometheus=prom.url)
+        resumed = local_run(runs, "elsewhere", prometheus=prom.url, resume=True)
+        assert resumed.segment.number == 3
+        assert resumed.progress_state.snapshot().start_time == now - 3600
+        assert local_run(runs, "never-ran", prometheus=prom.url).segment.number == 1
+    finally:
+        prom.stop()
