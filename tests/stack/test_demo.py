@@ -74,6 +74,22 @@ def test_the_printed_commands_really_run(tmp_path: Path, monkeypatch: pytest.Mon
         assert expect in proc.stdout
 
 
+def test_every_service_with_a_port_gets_its_url_and_one_without_none(tmp_path: Path) -> None:
+    """The launcher's reaper has no port, and services the launcher adds later (the ledger) have no label of
+    their own here: the listing neither fails (it raised KeyError: 'reaper') nor drops them."""
+    st = fake_stack(tmp_path)
+    st.services["reaper"] = Service("reaper", 0, ["reaper"])
+    st.services["ledger"] = Service("ledger", 19863, ["ledger"])
+    st.services["newcomer"] = Service("newcomer", 19999, ["newcomer"])
+    lines = demo.url_lines(st, "demo-test")
+    text = "\n".join(lines)
+    assert "reaper" not in text
+    assert any(line.split()[0] == "Prometheus" and line.endswith("http://127.0.0.1:19090") for line in lines)
+    assert any("Ledger" in line and line.endswith("http://127.0.0.1:19863") for line in lines)
+    assert any(line.split()[0] == "newcomer" and line.endswith("http://127.0.0.1:19999") for line in lines)
+    assert "http://127.0.0.1:19860/metrics" in text
+
+
 def test_command_name_prefers_the_installation_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("carbonwatch")
     if not script.exists():
@@ -136,3 +152,38 @@ def test_the_real_demo_ends_with_its_alert_in_alertmanager(tmp_path: Path) -> No
         stopped = subprocess.run(down, env=env, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     assert stack.running_state(state) is None
+
+
+def checkout_with_script(tmp_path: Path) -> Path:
+    """A checkout holding scripts/path.sh and an installed .venv/bin/carbonwatch (a stub that runs)."""
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "path.sh", root / "scripts" / "path.sh")
+    script = root / ".venv" / "bin" / "carbonwatch"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\necho this checkout\n")
+    script.chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("where", ["home-bin", "nowhere"])
+def test_make_path_links_where_path_already_looks_or_prints_the_exact_path(tmp_path: Path, where: str) -> None:
+    root = checkout_with_script(tmp_path)
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    path = f"{home / 'bin'}:/usr/bin:/bin" if where == "home-bin" else "/usr/bin:/bin"  # no ~/.local/bin on PATH
+    env = {"HOME": str(home), "PATH": path}
+    proc = subprocess.run(["bash", str(root / "scripts" / "path.sh")], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    if where == "home-bin":
+        assert (home / "bin" / "carbonwatch").resolve() == (root / ".venv" / "bin" / "carbonwatch").resolve()
+        assert f"carbonwatch is on PATH ({home / 'bin' / 'carbonwatch'}" in proc.stdout
+        ran = subprocess.run(["bash", "-c", "carbonwatch"], env=env, capture_output=True, text=True, timeout=30)
+        assert ran.stdout.strip() == "this checkout"  # as printed: a bare `carbonwatch` runs
+    else:
+        assert (home / ".local" / "bin" / "carbonwatch").is_symlink()
+        exact = str(root / ".venv" / "bin" / "carbonwatch")
+        assert f"Run {exact}" in proc.stdout
+        ran = subprocess.run([exact], capture_output=True, text=True, timeout=30)
+        assert ran.stdout.strip() == "this checkout"
