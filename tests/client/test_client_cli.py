@@ -20,6 +20,8 @@ import pytest
 
 from tests.client.test_client_pushgateway import BINARY, Gateway, free_port, one, wait_for
 
+pytestmark = pytest.mark.slow  # `carbonwatch run` processes, some with a real Pushgateway
+
 PY = sys.executable
 
 

@@ -57,6 +57,7 @@ def test_the_segment_gauges_are_pushed_with_the_first_start(tmp_path: Path) -> N
     assert got["carbonwatch_run_segment_start_time_seconds"] == got["carbonwatch_run_start_time_seconds"]
 
 
+@pytest.mark.slow  # `carbonwatch run` processes
 def test_the_cli_refuses_a_finished_run_id_with_exit_2_and_resumes_with_the_flag(env: dict[str, str]) -> None:
     argv = ("run", "--run-id", "cli-again", "--no-local-meter", "--", PY, "-c", "pass")
     assert finish(cw(*argv, env=env))[0] == 0
@@ -71,6 +72,7 @@ def test_the_cli_refuses_a_finished_run_id_with_exit_2_and_resumes_with_the_flag
     assert rc == 2 and "--resume: needs --run-id" in err
 
 
+@pytest.mark.slow  # `carbonwatch run` processes
 def test_carbonwatch_run_takes_the_model_from_the_environment(env: dict[str, str]) -> None:
     rc, _, err = finish(cw("run", "--run-id", "env-model", "--no-local-meter", "--", PY, "-c", "pass",
                            env=dict(env, CARBONWATCH_MODEL="resnet18")))

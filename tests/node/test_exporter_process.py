@@ -18,6 +18,8 @@ from tests.exporter_proc import start_exporter
 
 BUSY = """
 import os, sys, time, subprocess
+
+pytestmark = pytest.mark.slow  # real exporter processes
 if len(sys.argv) > 1:
     child = subprocess.Popen([sys.executable, "-c", "import time\\nt=time.time()\\nwhile time.time()-t<60: pass"])
 t = time.time()
