@@ -226,6 +226,9 @@ def format_summary(rec: dict[str, Any]) -> str:
                      f"them here; zone {rec.get('zone')})")
     elif node:
         how = "this node's exporter" if rec.get("figures") == "exporter" else "Prometheus"
+        if rec.get("fallback_time") is not None:
+            how = ("Prometheus up to the exporter's stop, the local meter after" if rec.get("prometheus")
+                   else "the local meter, after the exporter stopped only")
         lines.append(f"  emissions     {fmt_grams(float(grams))} CO2e ({how}, at each interval's grid intensity)")
     else:
         lines.append(
