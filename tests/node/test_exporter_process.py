@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.exporter_proc import start_exporter
 
+pytestmark = pytest.mark.slow  # real exporter processes
+
 BUSY = """
 import os, sys, time, subprocess
-
-pytestmark = pytest.mark.slow  # real exporter processes
 if len(sys.argv) > 1:
     child = subprocess.Popen([sys.executable, "-c", "import time\\nt=time.time()\\nwhile time.time()-t<60: pass"])
 t = time.time()
