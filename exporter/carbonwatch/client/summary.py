@@ -197,7 +197,8 @@ def energy_lines(rec: dict[str, Any]) -> list[str]:
                      f"`{command_name()} report {rec.get('run_id')}` shows it after the next scrape")
     elif node:
         lines.append("  energy        measured by the node exporter, not in this process: pass --prometheus (or set "
-                     "CARBONWATCH_PROMETHEUS) to see it here; the Grafana run dashboard shows it")
+                     f"CARBONWATCH_PROMETHEUS) to see it here; `{command_name()} report {rec.get('run_id')}` "
+                     "and the Grafana run dashboard show it")
     elif rec.get("measurement") == NOT_MEASURED:
         lines.append("  energy        not measured (no node exporter is running here and the local meter is off)")
     else:
