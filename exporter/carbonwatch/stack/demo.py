@@ -11,6 +11,8 @@ Every command it prints runs as printed: `carbonwatch` is named by its full path
 this installation (`make path` links it into a directory already on PATH).
 
 The budget alert is waited for where it reaches the user: Alertmanager (its v2 API), not only Prometheus.
+Exit status: 0 once the alert reached Alertmanager; 3 when it did not within --alert-timeout (the report, URLs
+and stop hint are printed all the same); 1 when Prometheus recorded nothing of the run.
 """
 
 from __future__ import annotations
