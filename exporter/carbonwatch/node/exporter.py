@@ -153,6 +153,7 @@ def build_registry(
         devices=lambda: dict(sampler.devices_found),
         disabled=[c for c in COLLECTORS if not cfg.collectors.get(c, True)],
         identity=resolver.stats if resolver is not None else None,
+        served=sampler.counters.note_served,
     ))
     if feed is not None and cfg.collectors.get("intensity", True):
         registry.register(IntensityCollector(feed, settings_from_config(cfg.intensity, cfg.zone).prices))
