@@ -47,7 +47,8 @@ STACK_ENV = "CARBONWATCH_STACK"  # path of the stack settings file ("none": do n
 STACK_STATE_DIR = "CARBONWATCH_STACK_STATE_DIR"  # the native stack's state directory (a stale file is ignored)
 # What a stack settings file may set: the gateway, Prometheus, the gateway's credentials, and where it came from.
 STACK_KEYS = (
-    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_PROMETHEUS_URL", STACK_STATE_DIR, *pgauth.ENV.values()
+    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_PROMETHEUS_URL", "CARBONWATCH_LEDGER", STACK_STATE_DIR,
+    *pgauth.ENV.values(),
 )
 _DURATIONS = ("push_interval", "heartbeat", "push_timeout", "retention", "meter_interval", "budget_interval")
 
