@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BIN := $(HOME)/.local/bin
 
-.PHONY: setup path demo test lint bench docs clean
+.PHONY: setup path demo test lint bench docs dashboards clean
 
 setup:
 	scripts/setup.sh
@@ -35,6 +35,11 @@ bench:
 
 docs:
 	$(PY) -m tools.gen_metrics_doc
+
+# grafana/dashboards/*.json from carbonwatch.dashboards (grafana-foundation-sdk, in the test extra).
+dashboards:
+	scripts/setup.sh test
+	$(PY) -m carbonwatch.dashboards grafana/dashboards
 
 clean:
 	rm -rf .venv .state build *.egg-info

@@ -241,7 +241,7 @@ def test_alertmanager_and_grafana_mounts_point_at_repository_files(resolved: dic
     host_home = host_path_of(graf, home)
     assert host_home is not None and host_home.is_file()
     assert graf["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "test-secret"
-    assert graf["environment"]["CARBONWATCH_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert graf["environment"]["CARBONWATCH_PROMETHEUS"] == "http://prometheus:9090"
 
 
 @needs_compose

@@ -248,7 +248,8 @@ def test_the_ledger_is_a_deployment_with_a_claim_probes_a_service_and_a_monitor_
         pod = dep["spec"]["template"]["spec"]
         box = pod["containers"][0]
         assert box["args"][:2] == ["ledger", "serve"] and "--web.listen-address=:9863" in box["args"]
-        assert box["image"] == one(objs, "DaemonSet", "carbonwatch")["spec"]["template"]["spec"]["containers"][0]["image"]
+        exporter = one(objs, "DaemonSet", "carbonwatch")["spec"]["template"]["spec"]["containers"][0]
+        assert box["image"] == exporter["image"]
         assert box["readinessProbe"]["httpGet"]["path"] == "/-/ready"
         assert box["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
         claim = one(objs, "PersistentVolumeClaim", "carbonwatch-ledger")
@@ -259,7 +260,8 @@ def test_the_ledger_is_a_deployment_with_a_claim_probes_a_service_and_a_monitor_
         assert db == f"--database=sqlite:///{mount}/ledger.db"  # the database lives on the claim
         assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
         svc = one(objs, "Service", "carbonwatch-ledger")
-        assert all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
     sm = one(rendered["prometheus-operator"], "ServiceMonitor", "carbonwatch-ledger")
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     plain = one(rendered["plain"], "Deployment", "carbonwatch-ledger")["spec"]["template"]["metadata"]["annotations"]

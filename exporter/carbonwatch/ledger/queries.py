@@ -241,7 +241,7 @@ def _min_hour(conn: Connection) -> float:
 
 def export_runs(conn: Connection, start: float | None, end: float | None, cursor: float) -> list[dict[str, Any]]:
     """One row per run with energy in [start, end): labels, status, times, energy, emissions, cost."""
-    ids = [r[0] for r in conn.execute(select(distinct(rb.c.run_id)).where(*_hours(start, end)))]
+    ids = [r[0] for r in conn.execute(select(rb.c.run_id).distinct().where(*_hours(start, end)))]
     tot = totals(conn, ids, start, end)
     out: list[dict[str, Any]] = []
     for i in range(0, len(ids), 500):

@@ -36,10 +36,12 @@ LATEST = {  # metadata read as its latest value in the window
 }
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus_replica")
 WINDOW = 30 * 86400.0  # the longest range VictoriaMetrics answers from its per-day index
-EXTRA = {"nocache": "1"}  # VictoriaMetrics: bypass the rollup result cache (ignored elsewhere)
+# VictoriaMetrics: no rollup cache and no latency offset; Thanos: an error rather than a partial answer (a store
+# that is down must not let the cursor pass the samples it holds). Other servers ignore both.
+EXTRA = {"nocache": "1", "partial_response": "false"}
 
 
-@dataclass
+@dataclass(slots=True)
 class RawSeries:
     key: str
     kind: str  # a COUNTERS key
@@ -49,7 +51,7 @@ class RawSeries:
     samples: list[tuple[float, float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Latest:
     labels: dict[str, str]
     value: float

@@ -152,9 +152,7 @@ def settings_values(st: StackState) -> dict[str, str]:
         out[client_settings.ENV["pushgateway"]] = st.services["pushgateway"].url
     if "prometheus" in st.services:
         out[client_settings.ENV["prometheus"]] = st.services["prometheus"].url
-        if "CARBONWATCH_PROMETHEUS_URL" in client_settings.STACK_KEYS:  # `carbonwatch report`, when sourced
-            out["CARBONWATCH_PROMETHEUS_URL"] = st.services["prometheus"].url
-    if "ledger" in st.services and LEDGER_ENV in client_settings.STACK_KEYS:
+    if "ledger" in st.services:
         out[LEDGER_ENV] = st.services["ledger"].url  # `carbonwatch report` and `job` read the ledger
     secure = st.secure_files()
     if secure is not None:
@@ -311,8 +309,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u.add_argument(
         "--repo-root", default=str(repo_root_default()), help="checkout with prometheus/, alerting/, grafana/"
     )
-    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION")
-    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION")
+    u.add_argument("--scrape-interval", type=_duration("--scrape-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus scrapes the exporters and the Pushgateway (default 15s)")
+    u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION",
+                   help="how often Prometheus evaluates rules and alerts (default 15s); rule groups with "
+                        "longer intervals are scaled by the same factor")
     u.add_argument("--retention", type=_duration("--retention"), default=RETENTION_S, metavar="DURATION",
                    help="Prometheus TSDB retention (default 35d: the rules' longest period, 30 days, plus the "
                         "look-back of their copies)")  # fmt: skip

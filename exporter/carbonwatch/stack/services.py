@@ -356,7 +356,6 @@ def grafana_env(state: Path, root: Path, ports: dict[str, int]) -> tuple[dict[st
         "GF_SECURITY_ADMIN_PASSWORD": password,
         "GF_USERS_ALLOW_SIGN_UP": "false",
         "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": str(root / "grafana" / "dashboards" / "fleet.json"),
-        "CARBONWATCH_PROMETHEUS_URL": f"http://{HOST}:{ports['prometheus']}",  # the provisioned datasource
         "CARBONWATCH_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
         "CARBONWATCH_DASHBOARDS_DIR": str(root / "grafana" / "dashboards"),
     }
