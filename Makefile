@@ -1,7 +1,7 @@
 # Each target does its own set-up first, so a fresh Debian machine needs nothing else.
 PY := .venv/bin/python
 
-.PHONY: setup path demo check test lint bench docs clean
+.PHONY: setup path demo check test lint bench docs dashboards clean
 
 setup:
 	scripts/setup.sh
@@ -37,6 +37,11 @@ bench:
 
 docs:
 	$(PY) -m tools.gen_metrics_doc
+
+# grafana/dashboards/*.json from carbonwatch.dashboards (grafana-foundation-sdk, in the test extra).
+dashboards:
+	scripts/setup.sh test
+	$(PY) -m carbonwatch.dashboards grafana/dashboards
 
 clean:
 	rm -rf .venv .state build *.egg-info

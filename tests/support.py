@@ -125,3 +125,17 @@ class Prometheus:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+CONFIG_ERRORS = Path(__file__).resolve().parent / "fixtures" / "config-errors"
+
+
+def config_error_cases(kind: str) -> list[tuple[Path, str]]:
+    """(file, the text its error must contain) for each fixture in tests/fixtures/config-errors/<kind>/: one
+    file per config mistake, its first line `# expect: TEXT`."""
+    cases = []
+    for f in sorted((CONFIG_ERRORS / kind).iterdir()):
+        first = f.read_text().splitlines()[0]
+        assert first.startswith("# expect: "), f
+        cases.append((f, first[len("# expect: "):]))
+    return cases

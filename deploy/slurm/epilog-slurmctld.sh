@@ -4,7 +4,7 @@
 #   sacct -j 4242 -o JobID,User,Account,Elapsed,AdminComment%60
 # shows them. It waits for the last scrapes and the recording rules (about a minute) in the background, so
 # the controller is not held up, and never fails the job.
-#   CARBONWATCH_PROMETHEUS_URL  Prometheus with carbonwatch's rules (default http://127.0.0.1:9090)
+#   CARBONWATCH_PROMETHEUS  Prometheus with carbonwatch's rules (default http://127.0.0.1:9090)
 #   CARBONWATCH_BIN             the carbonwatch command (default: carbonwatch on PATH)
 job=${SLURM_JOB_ID:-}
 case "$job" in ''|*[!0-9]*) exit 0 ;; esac

@@ -1,4 +1,11 @@
-"""`carbonwatch` command line: one subcommand per module, imported only when used."""
+"""Measure the energy, emissions and cost of machine-learning training, inside a Prometheus stack or on its own.
+
+Start with `carbonwatch stack up` (Prometheus, Pushgateway, Alertmanager, Grafana on this machine), then track a
+training command with `carbonwatch run -- python train.py` and read it back with `carbonwatch report RUN_ID`.
+Each command has its own --help. Exit codes: 0 ok, 1 failed, 2 bad input (a flag, a config file, an unknown
+run), 3 a device or driver failed, 4 a server could not be reached; `carbonwatch run` exits with the code of
+the command it tracked.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,24 @@ from collections.abc import Sequence
 from carbonwatch import __version__
 from carbonwatch.errors import CarbonwatchError
 
-# subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int.
+# subcommand -> (module, one-line help). Each module has add_arguments(parser) and main(args) -> int, and is
+# imported only when its command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("carbonwatch.node.exporter", "serve this node's measured and attributed energy on /metrics"),
     "run": ("carbonwatch.client.cli", "track a training command: carbonwatch run [flags] -- CMD ..."),
     "runs": ("carbonwatch.client.runs_cli", "list runs recorded in local mode"),
     "intensity": ("carbonwatch.intensity.cli", "print the grid carbon intensity of a zone and its source"),
-    "report": ("carbonwatch.stack.report", "report a run's energy, emissions, cost and budget from Prometheus"),
+    "report": ("carbonwatch.stack.report", "report a run's energy, emissions, cost and budget"),
     "job": ("carbonwatch.stack.job", "a SLURM job's energy, emissions and cost by job id, as sacct prints them"),
     "stack": ("carbonwatch.stack.launcher", "start, stop or inspect the native Prometheus stack"),
     "budgets": ("carbonwatch.budgets", "render alerting/budgets.yml into Prometheus rules"),
+    "ledger": ("carbonwatch.ledger.cli", "the run ledger: `ledger serve` keeps it, `ledger export` prints it"),
 }
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="carbonwatch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="carbonwatch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"carbonwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -32,13 +42,29 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # import only the module that runs
             importlib.import_module(module).add_arguments(p)
+            parser.set_defaults(_subparser=p)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments; an unknown flag is reported with the usage of the command it was given to (exit 2)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        owner: argparse.ArgumentParser = getattr(args, "_subparser", None) or parser
+        while True:  # down to the innermost command given (`stack up`)
+            subs = [a for a in owner._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(args, subs[0].dest, None) if subs else None
+            if not subs or name not in subs[0].choices:
+                break
+            owner = subs[0].choices[name]
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
-    args = parser.parse_args(args_list)
+    args = parse(parser, args_list)
     if not args.command:
         parser.print_help()
         return 2

@@ -13,6 +13,7 @@ from carbonwatch.client.labels import validate_label, validate_metric_name, vali
 from carbonwatch.client.settings import default_runs_file, read_stack_file, resolve, write_stack_file
 from carbonwatch.client.summary import build_record, format_summary
 from carbonwatch.errors import ConfigError
+from tests.support import config_error_cases
 
 
 def test_precedence_is_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None
     cfg.write_text(text)
     with pytest.raises(ConfigError) as err:
         resolve(config_file=str(cfg), environ={})
-    assert str(err.value).startswith(named)
+    assert str(err.value).startswith(f"{cfg}: {named}")
 
 
 def test_bad_env_value_names_the_variable() -> None:
@@ -155,3 +156,17 @@ def test_the_stack_settings_file_can_be_sourced_by_a_shell(tmp_path: Path) -> No
         "CARBONWATCH_PUSHGATEWAY": "http://127.0.0.1:19091",
         "CARBONWATCH_PUSHGATEWAY_CA_FILE": str(tmp_path / "dir with space" / "ca.crt"),
     }
+
+
+@pytest.mark.parametrize("path, expect", config_error_cases("client"), ids=lambda v: getattr(v, "stem", ""))
+def test_every_config_mistake_names_the_key_and_the_file(path: Path, expect: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        resolve(config_file=str(path), environ={"CARBONWATCH_STACK": "none"})
+    assert expect in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_the_exporters_sections_in_a_shared_file_are_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "shared.yml"
+    cfg.write_text("zone: FR\nsample_interval: 1s\ncpu: {source: model}\nrun: {pushgateway: 'gw:9091'}\n")
+    s = resolve(config_file=str(cfg), environ={"CARBONWATCH_STACK": "none"})
+    assert (s.zone, s.pushgateway) == ("FR", "gw:9091")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from carbonwatch.cli import main as cli_main
@@ -32,6 +33,7 @@ from carbonwatch.intensity.providers import (
     settings_from_config,
     zone_known,
 )
+from tests.support import config_error_cases
 
 TOKEN = "s3cret-token-value"
 
@@ -395,3 +397,25 @@ def test_cli_accepts_a_zone_the_live_provider_answers_for(
     replay.set("/carbon-intensity/latest", (404, {"error": "unknown zone"}))
     assert cli_main(["intensity", "--config.file", str(cfg), "--zone", "QQ-SOUTH"]) == 2
     assert "'QQ-SOUTH' is not a known grid zone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path, expect", config_error_cases("intensity"), ids=lambda v: getattr(v, "stem", ""))
+def test_a_mistake_in_the_section_is_an_error_never_the_table(path: Path, expect: str) -> None:
+    section = yaml.safe_load(path.read_text())
+    with pytest.raises(ConfigError, match=None) as exc:
+        provider_from_config(section)
+    assert expect in str(exc.value)
+    with pytest.raises(ConfigError):  # the same inside a whole config
+        provider_from_config({"zone": "DE", "intensity": section})
+
+
+def test_a_whole_config_without_the_section_gives_only_its_zone() -> None:
+    assert isinstance(provider_from_config({"zone": "DE", "cpu": {"source": "model"}}), TableProvider)
+    assert settings_from_config({"zone": "FR", "run": {}}).zones == ["FR"]
+
+
+def test_each_module_of_the_intensity_package_stays_small() -> None:
+    import carbonwatch.intensity as pkg
+
+    for f in Path(pkg.__file__).parent.glob("*.py"):
+        assert len(f.read_text().splitlines()) < 500, f

@@ -1,5 +1,6 @@
 """Flags, env and config file of `carbonwatch exporter`: bad input exits 2 naming what is wrong."""
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.node.config import ExporterConfig, apply_mapping, parse_listen_address
 from carbonwatch.node.exporter import config_from_args
+from tests.support import config_error_cases
 
 
 def args(*argv):
@@ -111,3 +113,43 @@ def test_durations_round_trip():
 def test_apply_mapping_keeps_intensity_section_for_its_module():
     cfg = apply_mapping(ExporterConfig(), {"intensity": {"provider": "table"}})
     assert cfg.intensity == {"provider": "table"}
+
+
+@pytest.mark.parametrize("path, expect", config_error_cases("exporter"), ids=lambda v: getattr(v, "stem", ""))
+def test_every_section_names_the_bad_key_and_the_file(path, expect):
+    with pytest.raises(ConfigError) as exc:
+        config_from_args(args("--config.file", str(path)), environ={})
+    assert expect in str(exc.value) and str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "argv, env, doc, what",
+    [
+        (["--zone", "XX"], {}, "", "--zone"),
+        ([], {"CARBONWATCH_ZONE": "XX"}, "", "CARBONWATCH_ZONE"),
+        ([], {}, "zone: XX\n", "zone (in "),
+        ([], {}, "intensity: {zone: XX}\n", "intensity.zone (in "),
+        ([], {}, "intensity: {zones: [DE, XX]}\n", "intensity.zones (in "),
+    ],
+)
+def test_an_unknown_zone_is_refused_pointing_to_list_zones(tmp_path, argv, env, doc, what):
+    f = tmp_path / "c.yml"
+    f.write_text(doc or "sample_interval: 1s\n")
+    with pytest.raises(ConfigError) as exc:
+        config_from_args(args("--config.file", str(f), *argv), environ=env)
+    assert str(exc.value).startswith(what) and "'XX' is not a known grid zone" in str(exc.value)
+    assert "--list-zones" in str(exc.value) and "--allow-unknown" in str(exc.value)
+
+
+def test_the_exporter_exits_2_on_an_unknown_zone(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "carbonwatch", "exporter", "--zone", "XX", "--web.listen-address",
+                        "127.0.0.1:0", "--storage.path", str(tmp_path / "state")],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "CARBONWATCH_CONFIG_FILE": ""})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("carbonwatch exporter: --zone: 'XX' is not a known grid zone")
+
+
+def test_unknown_zone_passes_with_allow_unknown_or_a_provider_that_knows_it():
+    assert config_from_args(args("--zone", "XX", "--allow-unknown"), environ={}).zone == "XX"
+    cfg = config_from_args(args(), environ={"CARBONWATCH_ZONE": "de"})
+    assert cfg.zone == "DE"

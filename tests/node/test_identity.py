@@ -388,6 +388,7 @@ def test_the_sampler_keeps_container_and_run_series_bounded_under_a_thousand_sho
         proc.run(1.0, {100 + i: 1.0})
         src.rapl.pkg = [src.rapl.pkg[0] + 10.0]
         snap = s.sample_once()
+        s.counters.note_served(snap.runs)  # scraped at every sample (ended runs go once scraped: test_linger.py)
         if i % 100 == 0:
             assert {r.run_id for r in snap.runs} >= {f"r{i}"}
             assert any(c.pod == f"short-{i}" for c in snap.containers)

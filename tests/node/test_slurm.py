@@ -80,7 +80,12 @@ def test_elapsed_fields_and_parsable_output():
     row = JobRow("7", "hpc1", "slurm-hpc1-7", user="ada", energy_joules=7.2e6, emissions_grams=1234.56,
                  cost={"EUR": 1.5})
     assert render([row], ("JobID", "User", "EnergyKWh", "CO2eGrams", "Cost"), parsable=True).splitlines() == [
-        "JobID|User|EnergyKWh|CO2eGrams|Cost", "7|ada|2.000|1234.6|1.5000 EUR"]
+        "JobID|User|EnergyKWh|CO2eGrams|Cost", "7|ada|2.00|1230|1.50 EUR"]
+    # a 14 s job: small figures keep three significant figures, never 0.000 kWh or 0.0 g
+    small = JobRow("8", "hpc1", "slurm-hpc1-8", start=1000.0, end=1014.0, energy_joules=412.0,
+                   emissions_grams=0.0473, cost={"EUR": 0.0000343})
+    assert render([small], ("Elapsed", "Energy", "CO2e", "EnergyKWh", "CO2eGrams", "Cost"), parsable=True,
+                  header=False) == "00:00:14|412 J|47.3 mg|0.000114|0.0473|0.0000343 EUR"
     table = render([row], ("JobID", "User", "Account"), header=True).splitlines()
     assert table == ["JobID User Account", "----- ---- -------", "7     ada"]
 
@@ -145,11 +150,10 @@ def test_job_prints_energy_emissions_and_cost_like_sacct(prometheus_url, capsys)
     rc = cli.main(["job", "4242", "--cluster", "hpc1", "--prometheus", prometheus_url])
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
-    assert out[0].split() == ["JobID", "Cluster", "User", "Account", "JobName", "Elapsed", "EnergyKWh", "CO2eGrams",
-                              "Cost"]
+    assert out[0].split() == ["JobID", "Cluster", "User", "Account", "JobName", "Elapsed", "Energy", "CO2e", "Cost"]
     assert set(out[1]) == {"-", " "}
-    assert out[2].split() == ["4242", "hpc1", "alice", "physics", "train-gpt", "00:30:00", "1.000", "400.0",
-                              "0.2500", "EUR"]
+    assert out[2].split() == ["4242", "hpc1", "alice", "physics", "train-gpt", "00:30:00", "1.00", "kWh", "400", "g",
+                              "0.25", "EUR"]
 
 
 @needs_prometheus
@@ -161,9 +165,9 @@ def test_job_without_cluster_finds_every_clusters_job_and_without_rules_sums_the
     assert rc == 0
     assert out == [
         "JobID|Cluster|User|Account|Elapsed|EnergyKWh|CO2eGrams|Origin",
-        "4242|hpc1|alice|physics|00:30:00|1.000|400.0|",
+        "4242|hpc1|alice|physics|00:30:00|1.00|400|",
         "4242|hpc2|bob|chem||0.200||",
-        "4243|hpc1|carol|bio|00:20:00|0.500|100.0|slurm",  # 2 nodes x 9e5 J, 2 x 50 g
+        "4243|hpc1|carol|bio|00:20:00|0.500|100|slurm",  # 2 nodes x 9e5 J, 2 x 50 g
     ]
 
 
@@ -172,7 +176,7 @@ def test_job_without_cluster_finds_every_clusters_job_and_without_rules_sums_the
 def test_job_json_and_unknown_jobs(prometheus_url, capsys):
     rc = cli.main(["job", "4243", "999", "--json", "--prometheus", prometheus_url])
     cap = capsys.readouterr()
-    assert rc == 1
+    assert rc == 2  # as `carbonwatch report` for an unknown run
     assert "job 999 is unknown to Prometheus" in cap.err
     rows = json.loads(cap.out)
     assert [(r["job_id"], r["run_id"], r["elapsed_seconds"]) for r in rows] == [("4243", "slurm-hpc1-4243", 1200.0)]

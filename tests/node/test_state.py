@@ -98,3 +98,20 @@ def test_non_finite_counters_are_refused_on_read():
     raw = b'{"format":"carbonwatch-state","version":1,"saved_at":1,"node_energy_joules":{"gpu":NaN}}'
     with pytest.raises(ValueError, match="node_energy_joules.gpu"):
         parse(raw)
+
+
+def test_the_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    synced: list[tuple[str, bool]] = []  # (what, the file is in place) for each fsync, in order
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, (tmp_path / "state" / "state.json").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert StateStore(tmp_path / "state").write(sample_state())
+    assert synced == [("file", False), ("dir", True)]  # the data, then the renamed entry

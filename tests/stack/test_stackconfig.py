@@ -11,12 +11,15 @@ import yaml
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.stack.config import (
+    load_prometheus_config,
+    load_rule_file,
     render_prometheus_config,
     render_rules,
     rule_files,
     secure_scrape_settings,
     write_secure_files,
 )
+from tests.support import config_error_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,3 +154,21 @@ def test_secure_scrape_config_passes_promtool(tmp_path: Path) -> None:
     res = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("path, expect", config_error_cases("stack"), ids=lambda v: getattr(v, "stem", ""))
+def test_a_malformed_prometheus_config_or_rule_file_names_the_file_and_key(path: Path, expect: str) -> None:
+    load = load_prometheus_config if path.name.startswith("prometheus-") else load_rule_file
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    assert expect in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_the_committed_config_and_rule_files_load(tmp_path: Path) -> None:
+    assert load_prometheus_config(ROOT / "prometheus" / "prometheus.yml")["scrape_configs"]
+    assert all(load_rule_file(p) for p in rule_files(ROOT))
+    repo = tmp_path / "repo"
+    (repo / "prometheus").mkdir(parents=True)
+    (repo / "prometheus" / "prometheus.yml").write_text("global: {evaluation_interval: 1m}\nscrape_configs: 7\n")
+    with pytest.raises(ConfigError, match=r"prometheus\.yml: scrape_configs: expected a list"):
+        render_prometheus_config(repo, {"x": ["a:1"]}, [], "15s", "15s", tmp_path / "rules")

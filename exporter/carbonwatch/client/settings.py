@@ -1,7 +1,8 @@
 """Run client settings: defaults < the stack settings file < YAML config (section `run`) < environment < flags
 / API arguments.
 
-Environment: CARBONWATCH_PUSHGATEWAY, CARBONWATCH_PROMETHEUS, CARBONWATCH_USER, CARBONWATCH_PROJECT,
+Environment: CARBONWATCH_PUSHGATEWAY, CARBONWATCH_PROMETHEUS, CARBONWATCH_LEDGER (read by report and job),
+CARBONWATCH_USER, CARBONWATCH_PROJECT,
 CARBONWATCH_TEAM, CARBONWATCH_ZONE, CARBONWATCH_RUNS_FILE, CARBONWATCH_CONFIG (the YAML file), the
 Pushgateway's credentials CARBONWATCH_PUSHGATEWAY_* (carbonwatch.client.auth), and CARBONWATCH_STACK.
 
@@ -47,8 +48,9 @@ STACK_ENV = "CARBONWATCH_STACK"  # path of the stack settings file ("none": do n
 STACK_STATE_DIR = "CARBONWATCH_STACK_STATE_DIR"  # the native stack's state directory (a stale file is ignored)
 # What a stack settings file may set: the gateway, Prometheus, the gateway's credentials, and where it came from.
 STACK_KEYS = (
-    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_PROMETHEUS_URL", STACK_STATE_DIR, *pgauth.ENV.values()
+    ENV["pushgateway"], ENV["prometheus"], "CARBONWATCH_LEDGER", STACK_STATE_DIR, *pgauth.ENV.values()
 )
+LEGACY_STACK_KEYS = ("CARBONWATCH_PROMETHEUS_URL",)  # written by older launchers: read, and ignored
 _DURATIONS = ("push_interval", "heartbeat", "push_timeout", "retention", "meter_interval", "budget_interval")
 
 
@@ -126,8 +128,9 @@ def _apply(s: RunSettings, key: str, value: Any, what: str) -> None:
 
         s.zone = validate_zone(value, what)
     elif key in ("pushgateway", "prometheus"):
-        text = "" if value is None else str(value).strip()
-        setattr(s, key, text or None)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{what}: expected a URL or HOST:PORT string, got {value!r}")
+        setattr(s, key, (value or "").strip() or None)
     else:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{what}: expected a string, got {value!r}")
@@ -178,6 +181,8 @@ def read_stack_file(path: str | os.PathLike[str], environ: Mapping[str, str] | N
         if not m:
             raise ConfigError(f"{STACK_ENV}: {p} line {n}: expected NAME=value, got {line[:80]!r}")
         name, value = m.group(1), m.group(2)
+        if name in LEGACY_STACK_KEYS:
+            continue
         if name not in STACK_KEYS:
             raise ConfigError(f"{STACK_ENV}: {p} line {n}: {name} is not a stack setting "
                               f"(allowed: {', '.join(STACK_KEYS)})")  # fmt: skip
@@ -230,6 +235,24 @@ def _auth_from_config(data: Mapping[str, Any], config_file: str | None) -> dict[
     return pgauth.from_mapping(run["pushgateway_auth"], base, "run.pushgateway_auth")
 
 
+def _check_file(data: Mapping[str, Any], path: str | None) -> None:
+    """The config file's top-level keys and its `intensity` section (the exporter's file may be shared; its
+    own sections are the exporter's to check). Errors name the key and the file."""
+    from carbonwatch.intensity.providers import check_section
+    from carbonwatch.node.config import TOP_KEYS
+
+    try:
+        for key in data:
+            if key not in TOP_KEYS:
+                raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
+        for key in ("intensity", "run"):
+            if data.get(key) is not None and not isinstance(data[key], Mapping):
+                raise ConfigError(f"{key}: expected a mapping, got {type(data[key]).__name__}")
+        check_section(data.get("intensity") or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def resolve(
     overrides: Mapping[str, Any] | None = None,
     config_file: str | None = None,
@@ -248,24 +271,21 @@ def resolve(
         s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, pgauth.from_env(stack))
     config_path = config_file or env.get("CARBONWATCH_CONFIG")
     data = _load_config(config_path)
+    _check_file(data, config_path)
     s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, _auth_from_config(data, config_path))
     if "zone" in data:
-        _apply(s, "zone", data["zone"], "zone")
+        _apply(s, "zone", data["zone"], f"{config_path}: zone")
     intensity = data.get("intensity") or {}
-    if not isinstance(intensity, Mapping):
-        raise ConfigError(f"intensity: expected a mapping, got {type(intensity).__name__}")
     s.intensity = dict(intensity)
     if "price_per_kwh" in intensity:
-        _apply(s, "price_per_kwh", intensity["price_per_kwh"], "intensity.price_per_kwh")
+        _apply(s, "price_per_kwh", intensity["price_per_kwh"], f"{config_path}: intensity.price_per_kwh")
         s.currency = str(intensity.get("currency") or "")
     run = data.get("run") or {}
-    if not isinstance(run, Mapping):
-        raise ConfigError(f"run: expected a mapping, got {type(run).__name__}")
     for key, value in run.items():
         if key not in _FILE_KEYS:
-            raise ConfigError(f"run.{key}: unknown key (allowed: {', '.join(sorted(_FILE_KEYS))})")
+            raise ConfigError(f"{config_path}: run.{key}: unknown key (allowed: {', '.join(sorted(_FILE_KEYS))})")
         if key != "pushgateway_auth":
-            _apply(s, key, value, f"run.{key}")
+            _apply(s, key, value, f"{config_path}: run.{key}")
     for key, var in ENV.items():
         if env.get(var):
             _apply(s, key, env[var], var)

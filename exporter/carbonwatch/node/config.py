@@ -15,9 +15,12 @@ from typing import Any
 from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
-from carbonwatch.intensity.providers import validate_zone
+from carbonwatch.intensity.providers import check_section, validate_zone
 
 COLLECTORS = ("gpu", "cpu", "memory", "process", "intensity")
+# The top-level keys of a configuration file, shared by the exporter and the run client (section `run`).
+TOP_KEYS = ("zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
+            "storage", "kubernetes", "slurm")
 DEFAULT_SPOOL_DIR = "/tmp/carbonwatch-runs"
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
@@ -171,80 +174,97 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
     # `run` is the run client's section of a shared file (carbonwatch.client.settings validates it)
-    top = {"zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
-           "storage", "kubernetes", "slurm"}
-    _unknown("", data, top)
+    _unknown("", data, set(TOP_KEYS))
     if "zone" in data:
         cfg.zone = validate_zone(data["zone"])
     if "sample_interval" in data:
         cfg.sample_interval = parse_duration(data["sample_interval"], "sample_interval")
-    web = _section(data, "web")
+    _apply_web(cfg, _section(data, "web"))
+    _apply_collectors(cfg, _section(data, "collectors"))
+    _apply_cpu(cfg.cpu, _section(data, "cpu"))
+    _apply_memory_gpu(cfg, _section(data, "memory"), _section(data, "gpu"))
+    _apply_process(cfg.process, _section(data, "process"))
+    _apply_storage(cfg.storage, _section(data, "storage"))
+    if "intensity" in data:
+        cfg.intensity = dict(_section(data, "intensity"))
+        check_section(cfg.intensity)  # every key and type, where the file is read
+    _section(data, "run")  # the run client checks its keys; here it must at least be a mapping
+    _apply_kubernetes(cfg.kubernetes, _section(data, "kubernetes"))
+    _apply_slurm(cfg.slurm, _section(data, "slurm"))
+    return cfg
+
+
+def _apply_web(cfg: ExporterConfig, web: Mapping[str, Any]) -> None:
     _unknown("web", web, {"listen_address", "config_file"})
     if "listen_address" in web:
         cfg.listen_address = str(_check_type("web.listen_address", web["listen_address"], str))
         parse_listen_address(cfg.listen_address)
     if web.get("config_file") is not None:
         cfg.web_config_file = str(_check_type("web.config_file", web["config_file"], str))
-    cols = _section(data, "collectors")
+
+
+def _apply_collectors(cfg: ExporterConfig, cols: Mapping[str, Any]) -> None:
     _unknown("collectors", cols, set(COLLECTORS))
     for name, on in cols.items():
         cfg.collectors[name] = bool(_check_type(f"collectors.{name}", on, bool))
-    cpu = _section(data, "cpu")
+
+
+def _apply_cpu(c: CpuConfig, cpu: Mapping[str, Any]) -> None:
     _unknown("cpu", cpu, {f.name for f in fields(CpuConfig)})
     if "source" in cpu:
-        cfg.cpu.source = _choice("cpu.source", cpu["source"], ("auto", "rapl", "model"))
+        c.source = _choice("cpu.source", cpu["source"], ("auto", "rapl", "model"))
     if "powercap_root" in cpu:
-        cfg.cpu.powercap_root = str(_check_type("cpu.powercap_root", cpu["powercap_root"], str))
+        c.powercap_root = str(_check_type("cpu.powercap_root", cpu["powercap_root"], str))
     for key in ("tdp_watts", "min_watts_per_cpu", "max_watts_per_cpu"):
         if cpu.get(key) is not None:
-            setattr(cfg.cpu, key, _positive(f"cpu.{key}", cpu[key], allow_zero=key == "min_watts_per_cpu"))
-    if (cfg.cpu.min_watts_per_cpu is None) != (cfg.cpu.max_watts_per_cpu is None):
+            setattr(c, key, _positive(f"cpu.{key}", cpu[key], allow_zero=key == "min_watts_per_cpu"))
+    if (c.min_watts_per_cpu is None) != (c.max_watts_per_cpu is None):
         raise ConfigError("cpu.min_watts_per_cpu and cpu.max_watts_per_cpu: set both or neither")
-    if cfg.cpu.min_watts_per_cpu is not None and cfg.cpu.max_watts_per_cpu is not None:
-        if cfg.cpu.min_watts_per_cpu > cfg.cpu.max_watts_per_cpu:
+    if c.min_watts_per_cpu is not None and c.max_watts_per_cpu is not None:
+        if c.min_watts_per_cpu > c.max_watts_per_cpu:
             raise ConfigError("cpu.min_watts_per_cpu: must not exceed cpu.max_watts_per_cpu")
-    mem = _section(data, "memory")
+
+
+def _apply_memory_gpu(cfg: ExporterConfig, mem: Mapping[str, Any], gpu: Mapping[str, Any]) -> None:
     _unknown("memory", mem, {f.name for f in fields(MemoryConfig)})
     if "source" in mem:
         cfg.memory.source = _choice("memory.source", mem["source"], ("auto", "rapl", "model"))
     if "watts_per_gb" in mem:
         cfg.memory.watts_per_gb = _positive("memory.watts_per_gb", mem["watts_per_gb"], allow_zero=True)
-    gpu = _section(data, "gpu")
     _unknown("gpu", gpu, {f.name for f in fields(GpuConfig)})
     if "nvml_module" in gpu:
         cfg.gpu.nvml_module = str(_check_type("gpu.nvml_module", gpu["nvml_module"], str))
     for key in ("counter_interval", "process_interval"):
         if key in gpu:
             setattr(cfg.gpu, key, parse_duration(gpu[key], f"gpu.{key}"))
-    proc = _section(data, "process")
+
+
+def _apply_process(process: ProcessConfig, proc: Mapping[str, Any]) -> None:
     _unknown("process", proc, {f.name for f in fields(ProcessConfig)})
     if "proc_root" in proc:
-        cfg.process.proc_root = str(_check_type("process.proc_root", proc["proc_root"], str))
+        process.proc_root = str(_check_type("process.proc_root", proc["proc_root"], str))
     if "spool_dir" in proc:
-        cfg.process.spool_dir = str(_check_type("process.spool_dir", proc["spool_dir"], str))
+        process.spool_dir = str(_check_type("process.spool_dir", proc["spool_dir"], str))
     for key in ("top_n", "max_registrations"):
         if key in proc:
             v = _check_type(f"process.{key}", proc[key], int)
             if isinstance(v, bool) or v < 0:
                 raise ConfigError(f"process.{key}: must be a whole number >= 0, got {proc[key]!r}")
-            setattr(cfg.process, key, int(v))
+            setattr(process, key, int(v))
     if "run_linger" in proc:
-        cfg.process.run_linger = parse_duration(proc["run_linger"], "process.run_linger")
+        process.run_linger = parse_duration(proc["run_linger"], "process.run_linger")
     if "scan_interval" in proc:
-        cfg.process.scan_interval = parse_duration(proc["scan_interval"], "process.scan_interval")
-    storage = _section(data, "storage")
+        process.scan_interval = parse_duration(proc["scan_interval"], "process.scan_interval")
+
+
+def _apply_storage(st: StorageConfig, storage: Mapping[str, Any]) -> None:
     _unknown("storage", storage, {f.name for f in fields(StorageConfig)})
     if "path" in storage:
-        cfg.storage.path = check_storage_path(str(_check_type("storage.path", storage["path"], str)))
+        st.path = check_storage_path(str(_check_type("storage.path", storage["path"], str)))
     if "interval" in storage:
-        cfg.storage.interval = parse_duration(storage["interval"], "storage.interval")
-        if not 0.1 <= cfg.storage.interval <= 60:
+        st.interval = parse_duration(storage["interval"], "storage.interval")
+        if not 0.1 <= st.interval <= 60:
             raise ConfigError(f"storage.interval: must be between 100ms and 60s, got {storage['interval']!r}")
-    if "intensity" in data:
-        cfg.intensity = dict(_section(data, "intensity"))
-    _apply_kubernetes(cfg.kubernetes, _section(data, "kubernetes"))
-    _apply_slurm(cfg.slurm, _section(data, "slurm"))
-    return cfg
 
 
 def _label_keys(key: str, value: Any) -> tuple[str, ...]:

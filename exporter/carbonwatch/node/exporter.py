@@ -19,7 +19,7 @@ from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity.collector import IntensityCollector
 from carbonwatch.intensity.feed import FEED_PATH, IntensityFeed, feed_from_config
-from carbonwatch.intensity.providers import settings_from_config, validate_zone
+from carbonwatch.intensity.providers import check_zone, settings_from_config, validate_zone
 from carbonwatch.node import web
 from carbonwatch.node.collector import SnapshotCollector
 from carbonwatch.node.config import (
@@ -53,7 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-interval", dest="sample_interval", metavar="DURATION",
                    help="how often sources are read (default 1s; env CARBONWATCH_SAMPLE_INTERVAL)")
     p.add_argument("--zone", dest="zone", metavar="ZONE",
-                   help="grid zone of this node, e.g. DE, US-CAL-CISO (default world; env CARBONWATCH_ZONE)")
+                   help="grid zone of this node, e.g. DE, US-CAL-CISO (default world; env CARBONWATCH_ZONE); "
+                        "`carbonwatch intensity --list-zones` lists them")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="price an unknown zone at the world average instead of refusing it")
     for c in COLLECTORS:
         p.add_argument(f"--collector.{c}", dest=f"collector_{c}", action=argparse.BooleanOptionalAction,
                        default=None,
@@ -91,7 +94,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     cfg = ExporterConfig()
     path = args.config_file or env.get(ENV_PREFIX + "CONFIG_FILE")
     if path:
-        apply_mapping(cfg, load_file(path))
+        try:
+            apply_mapping(cfg, load_file(path))
+        except ConfigError as exc:
+            raise ConfigError(exc if str(exc).startswith("config.file") else f"{path}: {exc}") from None
     listen = args.listen_address or env.get(ENV_PREFIX + "WEB_LISTEN_ADDRESS")
     if listen:
         cfg.listen_address = listen
@@ -109,8 +115,12 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         what = "--storage.path" if getattr(args, "storage_path", None) else "CARBONWATCH_STORAGE_PATH"
         cfg.storage.path = check_storage_path(storage, what)
     zone = args.zone or env.get(ENV_PREFIX + "ZONE")
+    what = f"zone (in {path})"
     if zone:
-        cfg.zone = validate_zone(zone, "--zone" if args.zone else "CARBONWATCH_ZONE")
+        what = "--zone" if args.zone else "CARBONWATCH_ZONE"
+        cfg.zone = validate_zone(zone, what)
+    if not getattr(args, "allow_unknown", False):  # as `run` and `intensity`: no silent world average
+        check_zones(cfg, what, path)
     for c in COLLECTORS:
         flag = getattr(args, f"collector_{c}", None)
         if flag is None:
@@ -118,6 +128,16 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         if flag is not None:
             cfg.collectors[c] = flag
     return validate(cfg)
+
+
+def check_zones(cfg: ExporterConfig, what: str, path: str | None) -> None:
+    """The node's zone and the intensity section's zones are known, else ConfigError (exit 2) naming where the
+    zone was set and pointing to `--list-zones`."""
+    ctx, hint = {"intensity": cfg.intensity}, "or pass --allow-unknown"
+    cfg.zone = check_zone(cfg.zone, ctx, what, hint)
+    for z in [cfg.intensity.get("zone"), *(cfg.intensity.get("zones") or [])]:
+        if z:
+            check_zone(z, ctx, f"intensity.zone{'s' if z != cfg.intensity.get('zone') else ''} (in {path})", hint)
 
 
 def node_labels(cfg: ExporterConfig, sources: Sources, sampler: Sampler) -> dict[str, str]:
@@ -153,6 +173,7 @@ def build_registry(
         devices=lambda: dict(sampler.devices_found),
         disabled=[c for c in COLLECTORS if not cfg.collectors.get(c, True)],
         identity=resolver.stats if resolver is not None else None,
+        served=sampler.counters.note_served,
     ))
     if feed is not None and cfg.collectors.get("intensity", True):
         registry.register(IntensityCollector(feed, settings_from_config(cfg.intensity, cfg.zone).prices))

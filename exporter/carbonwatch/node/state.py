@@ -5,8 +5,9 @@ run and container energy and emissions counters are written every `storage.inter
 `kill -9` loses at most that much of counting, never what was already written) and read back at start,
 so a restarted exporter continues each counter where it stopped.
 
-Write: a temporary file in the same directory, flushed and fsync'd, then `os.replace` over the old one;
-a crash at any point leaves either the old or the new file, never half of one.
+Write: a temporary file in the same directory, flushed and fsync'd, then `os.replace` over the old one and
+the directory fsync'd; a crash or power loss at any point leaves either the old or the new file, never half
+of one.
 
 Read: a missing file (first start) starts fresh; an unreadable or corrupt one starts fresh too, with one
 log line naming the file and why, the bad file kept beside it as `state.json.corrupt` for inspection, and
@@ -120,6 +121,7 @@ class StateStore:
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)
                 tmp = None
+                fsync_dir(self.dir)  # the rename itself survives a power loss
             except OSError as exc:
                 self.write_failures += 1
                 if not self._logged_failure:
@@ -216,3 +218,12 @@ def parse(raw: bytes) -> dict[str, Any]:
             "last_seen_wall": _number(c.get("last_seen_wall", 0.0), f"{what}.last_seen_wall"),
         })
     return out
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (POSIX: the directory entry is written with the directory)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -49,6 +49,50 @@ def _load(path: Path) -> Any:
     return yamlfile.load(path, str(path), mapping=False)
 
 
+def _expect(value: Any, kind: type, where: str, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+        raise ConfigError(f"{where}: {what}: expected {names.get(kind, kind.__name__)}, got {value!r}"[:300])
+    return value
+
+
+def load_prometheus_config(path: Path) -> dict[str, Any]:
+    """prometheus.yml, its sections this module reads checked: ConfigError names the file and the key."""
+    cfg = _expect(_load(path), dict, str(path), "top level")
+    glob = _expect(cfg.setdefault("global", {}) or {}, dict, str(path), "global")
+    for key in ("scrape_interval", "evaluation_interval"):
+        if key in glob:
+            parse_duration(_expect(glob[key], str, str(path), f"global.{key}"), f"{path}: global.{key}")
+    for i, job in enumerate(_expect(cfg.get("scrape_configs") or [], list, str(path), "scrape_configs")):
+        _expect(job, dict, str(path), f"scrape_configs[{i}]")
+        _expect(job.get("job_name"), str, str(path), f"scrape_configs[{i}].job_name")
+    return dict(cfg)
+
+
+def load_rule_file(path: Path) -> dict[str, Any] | None:
+    """A rule file with its groups checked (name, interval, rules with record or alert and expr); None when
+    it is empty."""
+    data = _load(path)
+    if not data:
+        return None
+    data = _expect(data, dict, str(path), "top level")
+    for key in data:
+        if key != "groups":
+            raise ConfigError(f"{path}: {key}: unknown key (a rule file holds `groups`)")
+    for i, group in enumerate(_expect(data.get("groups") or [], list, str(path), "groups")):
+        where = f"groups[{i}]"
+        _expect(group, dict, str(path), where)
+        _expect(group.get("name"), str, str(path), f"{where}.name")
+        if "interval" in group:
+            parse_duration(_expect(group["interval"], str, str(path), f"{where}.interval"), f"{path}: {where}.interval")
+        for j, rule in enumerate(_expect(group.get("rules") or [], list, str(path), f"{where}.rules")):
+            _expect(rule, dict, str(path), f"{where}.rules[{j}]")
+            name = rule.get("record", rule.get("alert"))
+            _expect(name, str, str(path), f"{where}.rules[{j}].record or alert")
+            _expect(rule.get("expr"), str, str(path), f"{where}.rules[{j}] ({name}).expr")
+    return dict(data)
+
+
 def render_prometheus_config(
     repo_root: Path,
     targets: dict[str, list[str]],
@@ -65,10 +109,7 @@ def render_prometheus_config(
     settings to jobs by name (scheme, tls_config, basic_auth of a secure stack: secure_scrape_settings)."""
     parse_duration(scrape_interval, "scrape_interval")
     parse_duration(evaluation_interval, "evaluation_interval")
-    cfg = _load(Path(repo_root) / "prometheus" / "prometheus.yml")
-    if not isinstance(cfg, dict):
-        raise ConfigError("prometheus/prometheus.yml: expected a mapping")
-    cfg.setdefault("global", {})
+    cfg = load_prometheus_config(Path(repo_root) / "prometheus" / "prometheus.yml")
     cfg["global"]["scrape_interval"] = scrape_interval
     cfg["global"]["evaluation_interval"] = evaluation_interval
     cfg["rule_files"] = [str(Path(rule_dir).resolve() / "*.yml")]
@@ -128,13 +169,13 @@ def render_rules(repo_root: Path, dest_dir: Path, evaluation_interval: str,
     new = parse_duration(evaluation_interval, "evaluation_interval")
     if new <= 0:
         raise ConfigError("evaluation_interval: must be more than 0")
-    cfg = _load(Path(repo_root) / "prometheus" / "prometheus.yml")
-    base = parse_duration(cfg.get("global", {}).get("evaluation_interval", "1m"), "global.evaluation_interval")
+    cfg = load_prometheus_config(Path(repo_root) / "prometheus" / "prometheus.yml")
+    base = parse_duration(cfg["global"].get("evaluation_interval", "1m"), "global.evaluation_interval")
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for src in rule_files(repo_root):
-        data = _load(src)
+        data = load_rule_file(src)
         if not data or not data.get("groups"):
             continue
         data["groups"] = [rewrite_group(g, new, base, for_override) for g in data["groups"]]
@@ -366,9 +407,7 @@ def render_compose_secure_prometheus(repo_root: Path, files: SecureFiles, base: 
     """prometheus/prometheus.yml for deploy/docker-compose.secure.yml: mounted at `base`/prometheus.yml, so its
     rule files are the container's absolute paths; the exporter and Pushgateway jobs scrape over TLS with
     basic auth (and Prometheus' client certificate for the exporter)."""
-    cfg = _load(Path(repo_root) / "prometheus" / "prometheus.yml")
-    if not isinstance(cfg, dict):
-        raise ConfigError("prometheus/prometheus.yml: expected a mapping")
+    cfg = load_prometheus_config(Path(repo_root) / "prometheus" / "prometheus.yml")
     container_dir = "/etc/carbonwatch/prometheus"  # where docker-compose.yml mounts prometheus/
     cfg["rule_files"] = [posixpath.normpath(posixpath.join(container_dir, r)) for r in cfg.get("rule_files") or []]
     settings = secure_scrape_settings(files, base)

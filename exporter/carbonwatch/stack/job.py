@@ -1,17 +1,17 @@
-"""`carbonwatch job JOBID[,JOBID...]`: a SLURM job's energy, emissions and cost from Prometheus, the way
-`sacct` prints accounting.
+"""`carbonwatch job JOBID[,JOBID...]`: a SLURM job's energy, emissions and cost, the way `sacct` prints
+accounting.
 
 A job is the run `slurm-<cluster>-<jobid>` (the exporter names it from the job's cgroup or SLURM_JOB_ID; see
-docs/slurm.md). Every figure is the last value within --lookback of the recorded series of
-prometheus/rules/ (`run_id:carbonwatch_energy_joules:total`, `..._emissions_grams:total`, `..._cost:total`,
-`run_id:carbonwatch_run_info:last`), else of the exporters' own run counters summed over nodes (a stack
-without the rules). Start and End are the first sample of the job's counters and the last one with power
-drawn, to within a minute.
+docs/slurm.md). Each job's figures are those `carbonwatch report` shows for its run (one reader,
+carbonwatch.stack.reportdata, and one formatting, carbonwatch.stack.figures): from the ledger when one is used
+(--ledger or CARBONWATCH_LEDGER), else from the exporters' own counters in Prometheus. Start and End are the
+run's own (pushed by the run client), else its counters' first sample and the last sample where its energy
+grew. An unknown job exits 2, as an unknown run does for `carbonwatch report`.
 
     $ carbonwatch job 4242
-    JobID Cluster User  Account JobName   Elapsed  EnergyKWh CO2eGrams Cost
-    ----- ------- ----- ------- --------- -------- --------- --------- ----------
-    4242  hpc1    alice physics train-gpt 00:30:00 1.000     400.0     0.2500 EUR
+    JobID Cluster User  Account JobName   Elapsed  Energy   CO2e     Cost
+    ----- ------- ----- ------- --------- -------- -------- -------- --------
+    4242  hpc1    alice physics train-gpt 00:30:00 1.00 kWh 400 g    0.25 EUR
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -30,12 +29,15 @@ from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.node.config import SLURM_CLUSTER_RE
 from carbonwatch.promql import Prometheus
-from carbonwatch.stack.report import DEFAULT_PROMETHEUS
+from carbonwatch.stack import ledgerclient
+from carbonwatch.stack.figures import fmt_cost, fmt_elapsed, fmt_energy, fmt_grams, fmt_sacct_time, significant
+from carbonwatch.stack.report import DEFAULT_PROMETHEUS, add_source_arguments
+from carbonwatch.stack.reportdata import Report, UnknownRunError, collect
 
 JOB_RE = re.compile(r"^\d{1,20}$")
-FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Team", "Start", "End", "Elapsed", "EnergyKWh",
-          "CO2eGrams", "Cost", "RunID", "Origin")
-DEFAULT_FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Elapsed", "EnergyKWh", "CO2eGrams", "Cost")
+FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Team", "Start", "End", "Elapsed", "Energy", "CO2e",
+          "EnergyKWh", "CO2eGrams", "Cost", "RunID", "Origin", "State")
+DEFAULT_FIELDS = ("JobID", "Cluster", "User", "Account", "JobName", "Elapsed", "Energy", "CO2e", "Cost")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class JobRow:
     energy_joules: float | None = None
     emissions_grams: float | None = None
     cost: dict[str, float] = field(default_factory=dict)
+    status: str = ""
+    quality: list[str] = field(default_factory=list)
 
     @property
     def elapsed(self) -> float | None:
@@ -89,80 +93,58 @@ def _clusters_of(run_id: str, job: str) -> str:
     return run_id[len("slurm-") : -(len(job) + 1)]
 
 
+def _row(job: str, rep: Report, origin: str = "") -> JobRow:
+    return JobRow(job, _clusters_of(rep.run_id, job), rep.run_id, user=rep.user, account=rep.project,
+                  job_name=rep.model, team=rep.team, origin=origin, start=rep.start_time_seconds,
+                  end=rep.end_time_seconds, energy_joules=rep.energy_joules, emissions_grams=rep.emissions_grams,
+                  cost=dict(rep.cost), status=rep.status, quality=list(rep.quality))
+
+
 def collect_jobs(prom: Prometheus, jobs: Sequence[str], cluster: str | None, lookback: str,
                  at: float | None = None) -> list[JobRow]:
     """One row per (cluster, job) Prometheus knows, in the order asked."""
     rows: list[JobRow] = []
     for job in jobs:
         sel = _sel(job, cluster)
-
-        def last(name: str, sel: str = sel) -> str:
-            fn = "max_over_time" if name.endswith(":total") else "last_over_time"  # totals: see docs/rules.md
-            return f"{fn}({name}{{{sel}}}[{lookback}])"
-
-        energy = prom.by_label(f"max by (run_id) ({last('run_id:carbonwatch_energy_joules:total')})", "run_id", at)
-        if not energy:  # no recording rules: the exporters' run counters, summed over nodes and components
-            energy = prom.by_label(
-                "sum by (run_id) (max by (run_id, instance, component) "
-                f"({last('carbonwatch_run_energy_joules_total')}))", "run_id", at)
-        grams = prom.by_label(f"max by (run_id) ({last('run_id:carbonwatch_emissions_grams:total')})", "run_id", at)
-        if not grams:
-            grams = prom.by_label(
-                "sum by (run_id) (max by (run_id, instance, component) "
-                f"({last('carbonwatch_run_emissions_grams_total')}))", "run_id", at)
-        info = prom.query(last("run_id:carbonwatch_run_info:last"), at) + prom.query(last("carbonwatch_run_info"), at)
-        run_ids = sorted(set(energy) | set(grams) | {r["metric"].get("run_id", "") for r in info} - {""})
-        for rid in run_ids:
-            row = JobRow(job, _clusters_of(rid, job), rid, energy_joules=energy.get(rid),
-                         emissions_grams=grams.get(rid))
-            for r in info:
-                m = r["metric"]
-                if m.get("run_id") != rid:
-                    continue
-                row.user = row.user or m.get("user", "")
-                row.account = row.account or m.get("project", "")
-                row.job_name = row.job_name or m.get("model", "")
-                row.team = row.team or m.get("team", "")
-                row.origin = row.origin or m.get("origin", "")
-            one = f'run_id="{rid}"'
-            for r in prom.query(f"max_over_time(run_id:carbonwatch_cost:total{{{one}}}[{lookback}])", at):
-                cur = r["metric"].get("currency", "")
-                row.cost[cur] = max(row.cost.get(cur, 0.0), float(r["value"][1]))
-            row.start = prom.scalar(
-                f"min(min_over_time(timestamp(carbonwatch_run_energy_joules_total{{{one}}})[{lookback}:1m]))", at)
-            row.end = prom.scalar(
-                f"max(max_over_time(timestamp(sum by (run_id) (carbonwatch_run_power_watts{{{one}}}) > 0)"
-                f"[{lookback}:1m]))", at)
-            rows.append(row)
+        found = " or ".join(f"count by (run_id) (last_over_time({name}{{{sel}}}[{lookback}]))" for name in (
+            "carbonwatch_run_energy_joules_total", "run_id:carbonwatch_energy_joules:total",
+            "run_id:carbonwatch_run_info:last", "carbonwatch_run_info"))
+        for rid in sorted(prom.by_label(found, "run_id", at)):
+            origins = prom.by_label(f"count by (origin) (last_over_time(carbonwatch_run_info{{run_id=\"{rid}\"}}"
+                                    f"[{lookback}]))", "origin", at)
+            rows.append(_row(job, collect(prom, rid, lookback, at), next((o for o in sorted(origins) if o), "")))
     return rows
 
 
-def fmt_elapsed(seconds: float | None) -> str:
-    """sacct's [DD-]HH:MM:SS."""
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
-
-
-def _time(ts: float | None) -> str:
-    return "" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
+def collect_jobs_from_ledger(url: str, jobs: Sequence[str], cluster: str | None,
+                             timeout: float = 10.0) -> list[JobRow]:
+    """One row per job the ledger knows, on `cluster` (default: SLURM_CLUSTER_NAME, else `default`, as the
+    exporter names runs)."""
+    name = cluster or os.environ.get("SLURM_CLUSTER_NAME") or "default"
+    rows = []
+    for job in jobs:
+        data = ledgerclient.fetch_run(url, f"slurm-{name}-{job}", timeout)
+        if data is not None:
+            rows.append(_row(job, ledgerclient.report_from_ledger(url, data), "ledger"))
+    return rows
 
 
 def cell(row: JobRow, name: str) -> str:
+    """One field: Energy and CO2e readable with their unit (J/Wh/kWh, mg/g/kg), EnergyKWh and CO2eGrams as
+    plain numbers in that unit, all with three significant figures (a 14 s job is never `0.000`)."""
     if name == "EnergyKWh":
-        return "" if row.energy_joules is None else f"{row.energy_joules / JOULES_PER_KWH:.3f}"
+        return "" if row.energy_joules is None else significant(row.energy_joules / JOULES_PER_KWH)
     if name == "CO2eGrams":
-        return "" if row.emissions_grams is None else f"{row.emissions_grams:.1f}"
-    if name == "Cost":
-        return "+".join(f"{v:.4f} {cur}".strip() for cur, v in sorted(row.cost.items()))
+        return "" if row.emissions_grams is None else significant(row.emissions_grams)
+    if name == "Energy":
+        return "" if row.energy_joules is None else fmt_energy(row.energy_joules)
+    if name == "CO2e":
+        return "" if row.emissions_grams is None else fmt_grams(row.emissions_grams, unit="")
     values = {
         "JobID": row.job_id, "Cluster": row.cluster, "User": row.user, "Account": row.account,
-        "JobName": row.job_name, "Team": row.team, "Start": _time(row.start), "End": _time(row.end),
-        "Elapsed": fmt_elapsed(row.elapsed), "RunID": row.run_id, "Origin": row.origin,
+        "JobName": row.job_name, "Team": row.team, "Start": fmt_sacct_time(row.start),
+        "End": fmt_sacct_time(row.end), "Elapsed": fmt_elapsed(row.elapsed), "RunID": row.run_id,
+        "Origin": row.origin, "State": row.status, "Cost": fmt_cost(row.cost),
     }
     return values[name]
 
@@ -203,10 +185,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-P", "--parsable2", action="store_true", help="'|' between fields, as sacct -P")
     p.add_argument("-n", "--noheader", action="store_true", help="no header lines")
     p.add_argument("--json", action="store_true", help="JSON: one object per job")
-    p.add_argument("--prometheus", metavar="URL",
-                   help=f"Prometheus base URL (default {DEFAULT_PROMETHEUS}; env CARBONWATCH_PROMETHEUS_URL)")
-    p.add_argument("--lookback", default="30d", metavar="DURATION", help="how far back to look (default 30d)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-query timeout (10)")
+    add_source_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -214,19 +193,28 @@ def main(args: argparse.Namespace) -> int:
     if args.cluster is not None and not SLURM_CLUSTER_RE.match(args.cluster):
         raise ConfigError(f"--cluster: {args.cluster!r} is not a cluster name (letters, digits, '_', '.', '-')")
     fields = parse_fields(args.fields)
-    url = args.prometheus or os.environ.get("CARBONWATCH_PROMETHEUS_URL") or DEFAULT_PROMETHEUS
-    lookback = format_duration(parse_duration(args.lookback, "--lookback"))
-    rows = collect_jobs(Prometheus(url, timeout=args.timeout), jobs, args.cluster, lookback)
+    ledger = ledgerclient.ledger_url(args.ledger)
+    if ledger:
+        where = f"the ledger at {ledger}"
+        rows = collect_jobs_from_ledger(ledger, jobs, args.cluster, args.timeout)
+    else:
+        url = ledgerclient.prometheus_url(args.prometheus) or DEFAULT_PROMETHEUS
+        lookback = format_duration(parse_duration(args.lookback, "--lookback"))
+        where = f"Prometheus at {url} in the last {lookback}"
+        rows = collect_jobs(Prometheus(url, timeout=args.timeout), jobs, args.cluster, lookback)
     found = {r.job_id for r in rows}
-    for job in jobs:
-        if job not in found:
-            where = f" on cluster {args.cluster}" if args.cluster else ""
-            print(f"carbonwatch job: job {job}{where} is unknown to Prometheus at {url} in the last {lookback} "
-                  "(is the exporter on its nodes, with slurm enabled?)", file=sys.stderr)
     if args.json:
         out = [dict(asdict(r), elapsed_seconds=r.elapsed) for r in rows]
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif rows:
         print(render(rows, fields, parsable=args.parsable2, header=not args.noheader))
-    return 0 if len(found) == len(jobs) else 1
+        for r in rows:
+            for note in r.quality:
+                print(f"carbonwatch job: {r.job_id}: {note}", file=sys.stderr)
+    missing = [job for job in jobs if job not in found]
+    if missing:
+        on = f" on cluster {args.cluster}" if args.cluster else ""
+        raise UnknownRunError(f"job {', '.join(missing)}{on} is unknown to {where} "
+                              "(is the exporter on its nodes, with slurm enabled?)")
+    return 0
