@@ -32,6 +32,7 @@ from carbonwatch.errors import CarbonwatchError
 from carbonwatch.promql import Prometheus
 from carbonwatch.stack import launcher as stack
 from carbonwatch.stack import report
+from carbonwatch.stack.services import NO_PORT
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -162,7 +163,7 @@ def url_lines(st: stack.StackState, run_id: str) -> list[str]:
     """One line per service that serves HTTP (the reaper has no port), any service the launcher adds included."""
     out = []
     for name, svc in st.services.items():
-        if name in stack.NO_PORT or not svc.port:
+        if name in NO_PORT or not svc.port:
             continue
         extra = "/metrics" if name == "exporter" else ""
         out.append(f"  {SERVICE_LABELS.get(name, name):<18} {svc.url}{extra}")
