@@ -141,6 +141,7 @@ def test_the_real_demo_ends_with_its_alert_in_alertmanager(tmp_path: Path) -> No
             env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path,
         )
         out = proc.stdout
+        print(out[-4000:], proc.stderr[-3000:])
         assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
         assert "CarbonwatchRunBudgetExceeded" in out and "reached Alertmanager" in out, out[-2000:]
         for name, port in (("Prometheus", 9090), ("Alertmanager", 9093), ("Pushgateway", 9091)):
