@@ -15,11 +15,14 @@ path:
 demo: setup
 	$(PY) -m carbonwatch.stack.demo
 
-# The fast tier (under a minute): unit tests without binaries or training, and promtool's rule tests.
+# The fast tier (under a minute on 2 cores): unit tests without binaries or training (two pytest workers),
+# and promtool's rule tests beside them.
 check:
 	scripts/setup.sh test
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
-	cd tests/rules && promtool test rules *.test.yml
+	@rules=$$(mktemp); (cd tests/rules && promtool test rules *.test.yml) >$$rules 2>&1 & pid=$$!; \
+	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider; py=$$?; \
+	wait $$pid; pr=$$?; echo "promtool test rules tests/rules/*.test.yml:"; cat $$rules; rm -f $$rules; \
+	[ $$py -eq 0 ] && [ $$pr -eq 0 ]
 
 # The whole suite, real Prometheus-stack binaries and training included (about 15 minutes on 2 cores).
 test:
