@@ -111,3 +111,15 @@ def test_a_run_id_that_finished_elsewhere_is_known_from_prometheus(tmp_path: Pat
         assert local_run(runs, "never-ran", prometheus=prom.url).segment.number == 1
     finally:
         prom.stop()
+
+
+def test_a_callback_that_trains_again_continues_its_run_as_the_next_segment(tmp_path: Path) -> None:
+    """trainer.fit twice with one callback and a fixed run id: not refused mid-training, one run, two segments."""
+    from carbonwatch.callbacks._common import RunHolder
+
+    runs = tmp_path / "runs.jsonl"
+    holder = RunHolder(run_id="fit-twice", user="alice", runs_file=runs, summary=False, local_meter=False)
+    for _ in range(2):
+        holder.begin()
+        holder.end()
+    assert [json.loads(line)["segment"] for line in runs.read_text().splitlines()] == [1, 2]
