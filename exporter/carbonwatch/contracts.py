@@ -79,7 +79,8 @@ SPECS: tuple[Spec, ...] = (
          "Power of a training run on this node: the sum of its processes.", "attribution"),
     Spec("carbonwatch_run_energy_joules", "counter", ("run_id", "component"),
          "Energy of a training run on this node since its first process was seen; monotonic for the run's "
-         "life, removed `process.run_linger` after its last process ended.", "attribution"),
+         "life, removed `process.run_linger` after its last process ended, once a scrape has served its final "
+         "value.", "attribution"),
     Spec("carbonwatch_run_emissions_grams", "counter", ("run_id", "component"),
          "Emissions of a training run on this node, g CO2e: each sample's energy priced at the node zone's "
          "intensity at that sample (sum of dE x I(t)). Same life as the run's energy counter.",

@@ -7,7 +7,7 @@ moment each budget is passed is known to the push. For a run budget, a user budg
 there no later than the critical alert. The figures are printed (docs/rules.md records them).
 
 CARBONWATCH_LATENCY_RUNS=10000 adds that many other concurrent runs (counters, labels and budgets pushed once),
-so the rules evaluate at fleet size while the budgets are passed."""
+so the rules evaluate at fleet size while the budgets are passed (measured: 44-46 s, docs/rules.md)."""
 
 from __future__ import annotations
 
