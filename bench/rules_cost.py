@@ -9,8 +9,12 @@ alerting/alerts.yml, alerting/budgets.rules.yml, unchanged) and scrapes itself; 
 look-backs are full. "Per 15 s" is the evaluation time all groups need per 15 s of wall time: each group's
 last duration times 15 s / its interval.
 
-    .venv/bin/python -m bench.rules_cost [--fleet 1000x10000] [--fleet 100x1000] [--minutes 19]
+    .venv/bin/python -m bench.rules_cost [--fleet 1000x10000] [--fleet 100x1000] [--minutes 19] [--ledger]
                                          [--baseline 2ef7e2a --baseline-minutes 12]
+
+`--ledger` also serves what a `carbonwatch ledger` publishes for that fleet (per run its energy, emissions and
+budget with labels; per user, project, model and zone the four periods), so the rules' ledger branches are
+measured too.
 
 `--baseline REV` measures, side by side on the same machine, the rule files as they were at git revision REV
 (2ef7e2a: the self-accumulating design, whose look-backs fill after 10 minutes).
@@ -46,7 +50,7 @@ class Fleet:
     """The exposition of `nodes` exporters and `runs` runs, as functions of time: counters grow at a fixed
     power per run and node. Series text is built once; each scrape only formats the numbers."""
 
-    def __init__(self, nodes: int, runs: int, seed: int = 1) -> None:
+    def __init__(self, nodes: int, runs: int, seed: int = 1, ledger: bool = False) -> None:
         rng = random.Random(seed)
         self.t0 = time.time()
         names = [f"node{i:04d}:9860" for i in range(nodes)]
@@ -91,11 +95,33 @@ class Fleet:
                 self.counters.append((f'carbonwatch_run_emissions_grams_total{{{lab},component="{comp}"}}',
                                       w / 3.6e6 * 300))
                 self.gauges.append((f'carbonwatch_run_power_watts{{{lab},component="{comp}"}}', w))
+        if ledger:
+            self.counters += ledger_series(runs, users, projects)
         self.static = "\n".join(static) + "\n" + "".join(f"{s} {v:.3f}\n" for s, v in self.gauges)
 
     def text(self) -> bytes:
         dt = time.time() - self.t0
         return (self.static + "".join([f"{s} {r * dt:.6f}\n" for s, r in self.counters])).encode()
+
+
+def ledger_series(runs: int, users: list[str], projects: list[str]) -> list[tuple[str, float]]:
+    """What a ledger serves for the fleet (job carbonwatch-ledger, honor_labels as in prometheus.yml), as series
+    growing at the runs' mean rate: per run energy, emissions and budget; per scope and period the figures."""
+    lab = 'instance="ledger:9863",job="carbonwatch-ledger"'
+    out: list[tuple[str, float]] = []
+    for j in range(runs):
+        who = f'run_id="run{j:05d}",user="{users[j % 200]}",project="{projects[j % 40]}",model="m{j % 25}",' \
+              f'team="t{j % 10}",status="running"'
+        out.append((f"carbonwatch_ledger_run_energy_joules{{{lab},{who}}}", 400.0))
+        out.append((f"carbonwatch_ledger_run_emissions_grams{{{lab},{who}}}", 400.0 / 3.6e6 * 300))
+        out.append((f'carbonwatch_ledger_run_budget_grams{{{lab},run_id="run{j:05d}"}}', 0.0))
+    scopes = {"user": users, "project": projects, "model": [f"m{m}" for m in range(25)], "zone": ZONES}
+    for scope, values in scopes.items():
+        for v in values:
+            for period in ("day", "month", "1d", "30d"):
+                for kind in ("energy_joules", "emissions_grams"):
+                    out.append((f'carbonwatch_ledger_{scope}_{kind}{{{lab},{scope}="{v}",period="{period}"}}', 1.0))
+    return out
 
 
 def free_port() -> int:
@@ -109,8 +135,9 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
         return list(json.load(r)["data"]["result"])
 
 
-def run(nodes: int, runs: int, minutes: float, rule_files: list[Path] = RULE_FILES) -> dict[str, Any]:
-    fleet = Fleet(nodes, runs)
+def run(nodes: int, runs: int, minutes: float, rule_files: list[Path] = RULE_FILES,
+        ledger: bool = False) -> dict[str, Any]:
+    fleet = Fleet(nodes, runs, ledger=ledger)
     cache = {"at": 0.0, "body": b""}
     lock = threading.Lock()
 
@@ -221,6 +248,7 @@ def main() -> None:
                     help="fleet size, repeatable (default 100x1000 and 1000x10000)")
     ap.add_argument("--minutes", type=float, default=19.0, help="per fleet; the look-backs fill after 15")
     ap.add_argument("--baseline", metavar="REV", help="also measure the rule files of this git revision")
+    ap.add_argument("--ledger", action="store_true", help="the fleet also has a ledger (its /metrics families)")
     ap.add_argument("--baseline-minutes", type=float, default=12.0)
     args, _ = ap.parse_known_args()
     fleets = [tuple(int(x) for x in f.split("x")) for f in args.fleet] or [(100, 1000), (1000, 10000)]
@@ -232,7 +260,8 @@ def main() -> None:
     results = {(f["nodes"], f["runs"], f.get("rules", "current")): f for f in previous}
     for nodes, runs in fleets:
         print(f"rule cost: {nodes} nodes, {runs} concurrent runs", flush=True)
-        results[(nodes, runs, "current")] = {**run(nodes, runs, args.minutes), "rules": "current"}
+        name = "current+ledger" if args.ledger else "current"
+        results[(nodes, runs, name)] = {**run(nodes, runs, args.minutes, ledger=args.ledger), "rules": name}
         if args.baseline:
             print(f"rule cost, rules of {args.baseline}: {nodes} nodes, {runs} concurrent runs", flush=True)
             with tempfile.TemporaryDirectory() as d:

@@ -45,6 +45,9 @@ def start_exporter(tmp: Path, config: dict, env: dict[str, str] | None = None, a
     config = dict(config)
     config.setdefault("web", {"listen_address": "127.0.0.1:0"})
     config.setdefault("storage", {"path": str(tmp / "state")})  # never the node's /var/lib/carbonwatch
+    # never the shared /tmp/carbonwatch-runs: the session's spool (tests/conftest.py), where this test's clients look
+    spool = os.environ.get("CARBONWATCH_SPOOL_DIR") or str(tmp / "spool")
+    config["process"] = {"spool_dir": spool, **dict(config.get("process") or {})}
     cfg_path.write_text(yaml.safe_dump(config))
     log_path = tmp / "exporter.log"
     full_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

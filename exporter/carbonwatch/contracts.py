@@ -84,7 +84,8 @@ SPECS: tuple[Spec, ...] = (
          "Power of a training run on this node: the sum of its processes.", "attribution"),
     Spec("carbonwatch_run_energy_joules", "counter", ("run_id", "component"),
          "Energy of a training run on this node since its first process was seen; monotonic for the run's "
-         "life, removed `process.run_linger` after its last process ended.", "attribution"),
+         "life, removed `process.run_linger` after its last process ended, once a scrape has served its final "
+         "value.", "attribution"),
     Spec("carbonwatch_run_emissions_grams", "counter", ("run_id", "component"),
          "Emissions of a training run on this node, g CO2e: each sample's energy priced at the node zone's "
          "intensity at that sample (sum of dE x I(t)). Same life as the run's energy counter.",
@@ -158,10 +159,14 @@ PUSHED: tuple[Spec, ...] = (
     Spec("carbonwatch_run_info", "gauge", RUN_INFO_LABELS,
          "Training run metadata and status (running, succeeded, failed, stopped), origin \"client\"; value 1.",
          "the run client"),
-    Spec("carbonwatch_run_start_time_seconds", "gauge", ("run_id",), "Run start, Unix time in seconds.",
-         "the run client"),
+    Spec("carbonwatch_run_start_time_seconds", "gauge", ("run_id",),
+         "Run start (of its first segment when resumed), Unix time in seconds.", "the run client"),
     Spec("carbonwatch_run_end_time_seconds", "gauge", ("run_id",), "Run end, Unix time in seconds.",
          "the run client"),
+    Spec("carbonwatch_run_segment", "gauge", ("run_id",),
+         "Current segment of the run: 1, plus one per `--resume` / resume=True.", "the run client"),
+    Spec("carbonwatch_run_segment_start_time_seconds", "gauge", ("run_id",),
+         "Start of the run's current segment, Unix time in seconds.", "the run client"),
     Spec("carbonwatch_run_budget_grams", "gauge", ("run_id",), "Carbon budget of the run, grams CO2e.",
          "the run client"),
     Spec("carbonwatch_run_last_push_time_seconds", "gauge", ("run_id",),

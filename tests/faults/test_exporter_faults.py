@@ -31,7 +31,7 @@ from tests.exporter_proc import REPO, Exporter, start_exporter
 from tests.fakes.powercap import FakePowercap
 from tests.node.test_exporter_process import samples
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # real exporter processes, 5-30 s each
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 T = TypeVar("T")

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("victoria-metrics", "vmalert", "prometheus-alertmanager", "prometheus-pushgateway")
 RUN_ID = "vm-e2e"
 LATENCY_S = 30.0  # VictoriaMetrics' default -search.latencyOffset
-EVALUATION_S = 30.0  # the contract series' group interval (carbonwatch-accounting)
+EVALUATION_S = 30.0  # the slower contract series' group interval (energy: carbonwatch-runs)
 BURN = "import time\nt = time.time()\nwhile time.time() - t < 600: pass\n"  # stopped by the test
 
 pytestmark = [
@@ -155,8 +155,8 @@ def test_vmalert_on_victoriametrics_runs_the_rules_unchanged_and_totals_equal_th
     def logs() -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in stack["logs"])
 
-    # The run passes its 0.05 g budget within seconds; the budget ratio (2 m group) and the alert (2 m group,
-    # for: 1m) take a few minutes on the real intervals.
+    # The run passes its 0.05 g budget within seconds; vmalert raises the alert from the 15 s groups (totals,
+    # then carbonwatch-budget-alerts with `for: 15s`), each read after VictoriaMetrics' query latency.
     deadline = time.time() + 480
     found: list[tuple[str, dict[str, Any]]] = []
     while time.time() < deadline and not found:

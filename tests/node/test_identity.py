@@ -332,6 +332,7 @@ def test_run_infos_one_per_run_with_the_naming_origin_and_every_known_label():
 # -- bounded caches -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 20-30 s of churn
 def test_caches_stay_bounded_under_a_thousand_short_pods_and_jobs(env, kubelet):
     proc, scanner, resolver, clock = env
     sizes = []
@@ -361,6 +362,7 @@ def test_caches_stay_bounded_under_a_thousand_short_pods_and_jobs(env, kubelet):
     assert sizes[-1][0] < 1000  # far fewer than the 2,000 processes that came and went
 
 
+@pytest.mark.slow  # 20-30 s of churn
 def test_the_sampler_keeps_container_and_run_series_bounded_under_a_thousand_short_pods(env, kubelet):
     """The whole path: processes in pods that start and end, the real sampler with this resolver; what it
     publishes is bounded by what lived within the linger, not by everything that ever ran."""
@@ -386,6 +388,7 @@ def test_the_sampler_keeps_container_and_run_series_bounded_under_a_thousand_sho
         proc.run(1.0, {100 + i: 1.0})
         src.rapl.pkg = [src.rapl.pkg[0] + 10.0]
         snap = s.sample_once()
+        s.counters.note_served(snap.runs)  # scraped at every sample (ended runs go once scraped: test_linger.py)
         if i % 100 == 0:
             assert {r.run_id for r in snap.runs} >= {f"r{i}"}
             assert any(c.pod == f"short-{i}" for c in snap.containers)

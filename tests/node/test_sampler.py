@@ -267,6 +267,7 @@ def test_run_counters_are_monotonic_and_vanish_after_linger(tmp_path):
     snap = s.sample_once()
     assert snap.runs[0].energy_joules["cpu"] == last  # kept, no longer growing
     assert snap.runs[0].power_watts["cpu"] == 0.0 and snap.runs[0].live_processes == 0
+    s.counters.note_served(snap.runs)  # a scrape served its final values (tests/node/test_linger.py)
     clock.t += 11.0
     snap = s.sample_once()
     assert snap.runs == []

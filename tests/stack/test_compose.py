@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # docker-compose and promtool
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
-LONG_RUNNING = ("exporter", "reaper", "pushgateway", "prometheus", "alertmanager", "grafana")
+LONG_RUNNING = ("exporter", "reaper", "pushgateway", "prometheus", "alertmanager", "ledger", "grafana")
 
 needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 
@@ -142,8 +144,23 @@ def test_named_volumes_hold_all_state(raw: dict[str, Any]) -> None:
         ("prometheus", "/prometheus"),
         ("alertmanager", "/alertmanager"),
         ("grafana", "/var/lib/grafana"),
+        ("ledger", "/var/lib/carbonwatch/ledger"),
     ):
         assert any(v.split(":")[1] == target and not v.startswith(("/", ".")) for v in raw["services"][name]["volumes"])
+
+
+def test_the_ledger_reads_prometheus_keeps_its_database_on_a_volume_and_prometheus_scrapes_it(
+    raw: dict[str, Any],
+) -> None:
+    svc = raw["services"]["ledger"]
+    assert svc["command"][:2] == ["ledger", "serve"] and "--prometheus=http://prometheus:9090" in svc["command"]
+    database = next(a for a in svc["command"] if a.startswith("--database="))
+    mount = next(v.split(":")[1] for v in svc["volumes"] if v.startswith("carbonwatch-ledger:"))
+    assert database == f"--database=sqlite:///{mount}/ledger.db"
+    assert "/-/ready" in svc["healthcheck"]["test"][-1]
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = [j for j in prom["scrape_configs"] if "ledger:9863" in j["static_configs"][0]["targets"]]
+    assert len(jobs) == 1 and jobs[0]["honor_labels"] is True
 
 
 @needs_compose

@@ -25,7 +25,7 @@ K8S = REPO / "deploy" / "kubernetes"
 CRDS = Path(__file__).parents[1] / "fixtures" / "prometheus-operator-crds"
 KUBE_VERSION = "1.33.0"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"), pytest.mark.slow]
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 
@@ -238,7 +238,34 @@ def test_pushgateway_is_scraped_with_honor_labels_as_job_pushgateway(rendered):
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
     assert one(objs, "Deployment", "pushgateway")["spec"]["replicas"] == 1
-    assert not by_kind(rendered["prometheus-operator"], "Deployment")  # only when asked for
+    assert "pushgateway" not in {d["metadata"]["name"] for d in by_kind(rendered["prometheus-operator"], "Deployment")}
+
+
+def test_the_ledger_is_a_deployment_with_a_claim_probes_a_service_and_a_monitor_in_every_overlay(rendered):
+    for name in ("prometheus-operator", "plain"):
+        objs = rendered[name]
+        dep = one(objs, "Deployment", "carbonwatch-ledger")
+        pod = dep["spec"]["template"]["spec"]
+        box = pod["containers"][0]
+        assert box["args"][:2] == ["ledger", "serve"] and "--web.listen-address=:9863" in box["args"]
+        exporter = one(objs, "DaemonSet", "carbonwatch")["spec"]["template"]["spec"]["containers"][0]
+        assert box["image"] == exporter["image"]
+        assert box["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+        assert box["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+        claim = one(objs, "PersistentVolumeClaim", "carbonwatch-ledger")
+        mounted = {v["name"]: v for v in pod["volumes"]}
+        assert mounted["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        db = next(a for a in box["args"] if a.startswith("--database="))
+        mount = next(m for m in box["volumeMounts"] if m["name"] == "data")["mountPath"]
+        assert db == f"--database=sqlite:///{mount}/ledger.db"  # the database lives on the claim
+        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+        svc = one(objs, "Service", "carbonwatch-ledger")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    sm = one(rendered["prometheus-operator"], "ServiceMonitor", "carbonwatch-ledger")
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
+    plain = one(rendered["plain"], "Deployment", "carbonwatch-ledger")["spec"]["template"]["metadata"]["annotations"]
+    assert plain["prometheus.io/scrape"] == "true" and plain["prometheus.io/port"] == "9863"
 
 
 def test_plain_overlay_annotates_the_pods_for_discovery(rendered):

@@ -58,7 +58,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 
 
 def port_flags(ports: list[int]) -> list[str]:
-    names = ("prometheus", "pushgateway", "alertmanager", "exporter", "grafana")
+    names = ("prometheus", "pushgateway", "alertmanager", "exporter", "grafana", "ledger")
     return [f"--{n}-port={p}" for n, p in zip(names, ports, strict=False)]
 
 
@@ -127,7 +127,7 @@ def test_alertmanager_variant_without_webhook_keeps_receivers(tmp_path: Path) ->
 
 @needs_binaries
 def test_a_port_in_use_is_named(tmp_path: Path) -> None:
-    ports = free_ports(5)
+    ports = free_ports(6)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports[0]))
         busy.listen()
@@ -139,7 +139,7 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Path, list[int], subprocess.CompletedProcess[str]]]:
-    ports = free_ports(5)
+    ports = free_ports(6)
     state = tmp_path / "state"
     try:
         up = cli(
@@ -172,7 +172,8 @@ def test_up_status_down(stack: tuple[Path, list[int], subprocess.CompletedProces
     status = cli("status", "--json", "--state-dir", str(state))
     assert status.returncode == 0, status.stdout
     rows = json.loads(status.stdout)["services"]
-    assert {r["service"] for r in rows} == {"prometheus", "pushgateway", "alertmanager", "exporter", "reaper"}
+    assert {r["service"] for r in rows} == {"prometheus", "pushgateway", "alertmanager", "exporter", "reaper", "ledger"}
+    assert read_stack_file(settings_file)["CARBONWATCH_LEDGER"] == f"http://127.0.0.1:{ports[5]}"
     assert all(r["ready"] for r in rows)
     pids = {r["service"]: r["pid"] for r in rows}
     for name, pid in pids.items():
@@ -190,6 +191,14 @@ def test_up_status_down(stack: tuple[Path, list[int], subprocess.CompletedProces
             break
         time.sleep(0.5)
     assert up_jobs.get("carbonwatch") == "1" and up_jobs.get("pushgateway") == "1", up_jobs
+    # and the ledger, under whatever job name (nothing depends on it): its own series arrive in Prometheus
+    deadline = time.monotonic() + 60
+    ledger: list[Any] = []
+    while time.monotonic() < deadline and not ledger:
+        ledger = requests.get(f"{prom}/api/v1/query", params={"query": "carbonwatch_ledger_info"},
+                              timeout=5).json()["data"]["result"]
+        time.sleep(0.5)
+    assert ledger and (state / "data" / "ledger.db").is_file(), (state / "logs" / "ledger.log").read_text()[-2000:]
     groups = requests.get(f"{prom}/api/v1/rules", timeout=5).json()["data"]["groups"]
     assert any(g["name"].startswith("carbonwatch") for g in groups)
     # Rendered for the 1s evaluation interval (longer groups scaled by the same factor as the base one, 1/15).
@@ -211,7 +220,7 @@ def test_up_status_down(stack: tuple[Path, list[int], subprocess.CompletedProces
 @pytest.mark.slow
 @needs_binaries
 def test_a_service_that_dies_at_start_is_reported_and_the_rest_stopped(tmp_path: Path) -> None:
-    ports = free_ports(5)
+    ports = free_ports(6)
     state = tmp_path / "state"
     try:
         up = cli(
@@ -276,7 +285,7 @@ def test_a_second_stack_does_not_take_over_or_remove_the_first_ones_settings(
 @pytest.mark.slow
 @needs_binaries
 def test_secure_stack_serves_tls_and_basic_auth_and_runs_report_to_it(tmp_path: Path, own_config_home: Path) -> None:
-    ports = free_ports(5)
+    ports = free_ports(6)
     state = tmp_path / "state"
     try:
         up = cli("up", "--state-dir", str(state), "--no-grafana", "--secure", "--scrape-interval=1s",

@@ -37,7 +37,9 @@ class RunHolder:
 
     def begin(self) -> None:
         if self.run is None or (self._given is None and self.run._finished):
-            self.run = Run(**self._kwargs)
+            # training started again with the same callback (a second fit): the next segment of its run
+            again = self.run is not None and self.run._finished
+            self.run = Run(**(dict(self._kwargs, resume=True) if again else self._kwargs))
         if self._given is None:
             self.run.start()
 

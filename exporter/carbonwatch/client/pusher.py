@@ -44,8 +44,10 @@ class RunLabels:
 class ProgressState:
     labels: RunLabels
     status: str = "running"
-    start_time: float = 0.0
+    start_time: float = 0.0  # of the first segment
     end_time: float | None = None
+    segment: int = 1  # 1 for a run never resumed
+    segment_start_time: float | None = None  # of the current segment (None: start_time)
     budget_grams: float | None = None
     retention_seconds: float | None = None  # how long the finished group stays on the gateway (the sweeps read it)
     expected_end_time: float | None = None
@@ -124,6 +126,9 @@ class RunCollector(Collector):
             yield info
             yield from gauge("carbonwatch_run_start_time_seconds", s.start_time)
             yield from gauge("carbonwatch_run_end_time_seconds", s.end_time)
+            yield from gauge("carbonwatch_run_segment", float(s.segment))
+            seg_start = s.start_time if s.segment_start_time is None else s.segment_start_time
+            yield from gauge("carbonwatch_run_segment_start_time_seconds", seg_start)
             yield from gauge("carbonwatch_run_budget_grams", s.budget_grams)
             yield from gauge("carbonwatch_run_last_push_time_seconds", time.time())
             yield from gauge("carbonwatch_run_retention_seconds", s.retention_seconds)

@@ -9,7 +9,7 @@ from prometheus_client.registry import Collector
 
 from carbonwatch.contracts import BY_NAME, COMPONENTS, RUN_LABELS
 from carbonwatch.node.identity import IdentityStats
-from carbonwatch.node.model import CollectorStatus, Snapshot
+from carbonwatch.node.model import CollectorStatus, RunState, Snapshot
 
 
 class SnapshotCollector(Collector):
@@ -23,6 +23,7 @@ class SnapshotCollector(Collector):
         devices: Callable[[], dict[str, int]] = dict,
         disabled: Iterable[str] = (),
         identity: Callable[[], IdentityStats] | None = None,
+        served: Callable[[list[RunState]], None] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._node_labels = node_labels
@@ -32,6 +33,7 @@ class SnapshotCollector(Collector):
         self._devices = devices
         self._disabled = tuple(disabled)
         self._identity = identity
+        self._served = served  # told which run copies each scrape served (Counters.note_served: linger)
 
     def describe(self) -> list[Metric]:
         return []  # registering never touches the hardware
@@ -57,6 +59,8 @@ class SnapshotCollector(Collector):
         snap = self._snapshot()
         if snap is not None:
             self._fill(f, snap)
+            if self._served is not None:
+                self._served(snap.runs)
         for fam in f.values():
             if fam.samples:
                 yield fam

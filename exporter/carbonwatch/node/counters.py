@@ -8,11 +8,16 @@ no later intensity change re-prices what was already emitted.
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Iterable
 
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.node.identity import ContainerRef, RunIdentity
 from carbonwatch.node.model import ContainerState, RunState
 from carbonwatch.node.stateschema import CountersRecord
+
+# An ended run nobody scrapes (no Prometheus, or one that is down) is kept at most this long past its linger.
+UNSCRAPED_MAX_SECONDS = 86400.0
 
 
 def grams_per_joule(grams_per_kwh: float) -> float:
@@ -28,6 +33,9 @@ class Counters:
         self.other: dict[str, float] = {}  # component -> J of pid="other" (not durable: a process counter)
         self.runs: dict[str, RunState] = {}
         self.containers: dict[tuple[str, str, str], ContainerState] = {}
+        # run id -> last_seen of the newest copy of the ended run that a scrape served (its final values)
+        self._served: dict[str, float] = {}
+        self._served_lock = threading.Lock()  # note_served runs in the HTTP threads, expire in the sampler's
 
     # -- adding ------------------------------------------------------------------------------------
 
@@ -68,10 +76,31 @@ class Counters:
         if factor is not None:
             _add(target.emissions_grams, component, joules * factor)
 
+    def note_served(self, runs: Iterable[RunState]) -> None:
+        """A scrape served these run copies (the collector calls this): an ended run's copy (no live process)
+        holds its final values, so from now on the run may be forgotten once its linger is over."""
+        with self._served_lock:
+            for r in runs:
+                if not r.live_processes:
+                    self._served[r.run_id] = max(self._served.get(r.run_id, r.last_seen), r.last_seen)
+
     def expire(self, now: float, linger: float) -> None:
-        """Forget runs and containers whose last process ended more than `linger` seconds ago."""
-        self.runs = {k: r for k, r in self.runs.items() if r.live_processes or now - r.last_seen <= linger}
+        """Forget runs whose last process ended more than `linger` seconds ago and whose final values a scrape
+        has served (so no run's last part vanishes unseen; unscraped, at most UNSCRAPED_MAX_SECONDS more), and
+        containers `linger` seconds after their last process."""
+        with self._served_lock:
+            served = dict(self._served)
+
+        def keep(run_id: str, r: RunState) -> bool:
+            if r.live_processes or now - r.last_seen <= linger:
+                return True
+            seen_final = served.get(run_id, float("-inf")) >= r.last_seen
+            return not seen_final and now - r.last_seen <= linger + UNSCRAPED_MAX_SECONDS
+
+        self.runs = {k: r for k, r in self.runs.items() if keep(k, r)}
         self.containers = {k: c for k, c in self.containers.items() if now - c.last_seen <= linger}
+        with self._served_lock:
+            self._served = {k: v for k, v in self._served.items() if k in self.runs}
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ def build_registry(
         devices=lambda: dict(sampler.devices_found),
         disabled=[c for c in COLLECTORS if not cfg.collectors.get(c, True)],
         identity=resolver.stats if resolver is not None else None,
+        served=sampler.counters.note_served,
     ))
     if feed is not None and cfg.collectors.get("intensity", True):
         registry.register(IntensityCollector(feed, settings_from_config(cfg.intensity, cfg.zone).prices))
@@ -231,7 +232,8 @@ class Node:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.resolver.close()
-        self.save()
+        self.store.write(self.sampler.export_state())
+        remove_heartbeat(self.cfg.process.spool_dir)  # run clients started from now on measure locally
 
     def routes(self) -> dict[str, Callable[[Mapping[str, list[str]]], tuple[int, bytes, str]]]:
         """Extra GET routes: `/intensity` (the fleet feed, JSON) and `/-/healthy`."""
@@ -257,6 +259,14 @@ def touch_heartbeat(spool: str) -> None:
         os.utime(path)
     except OSError:
         pass  # a spool directory we may not write: clients then measure locally, as without an exporter
+
+
+def remove_heartbeat(spool: str) -> None:
+    """A clean stop: no exporter measures this node any more."""
+    try:
+        os.unlink(os.path.join(spool, HEARTBEAT))
+    except OSError:
+        pass
 
 
 def serve(

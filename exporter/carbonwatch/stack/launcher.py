@@ -13,6 +13,8 @@ exporter also wants Prometheus' client certificate), from files generated into t
 (carbonwatch.stack.config.write_secure_files); Prometheus scrapes them with the matching settings and the
 settings file carries what the run clients need. `carbonwatch stack secure --compose` writes the same files
 for deploy/docker-compose.secure.yml.
+
+The service table and configs are in carbonwatch.stack.services, process handling in carbonwatch.stack.processes.
 """
 
 from __future__ import annotations
@@ -20,469 +22,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-import yaml
-
-from carbonwatch import yamlfile
 from carbonwatch.client import settings as client_settings
-from carbonwatch.durations import format_duration, parse_duration
+from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
+from carbonwatch.stack.processes import alive, is_ready, running_state, start, stop, wait_ready
+from carbonwatch.stack.services import (
+    DEFAULT_PORTS,
+    NO_PORT,
+    ORDER,
+    SECURE_DIR,
+    STATE_FILE,
+    Service,
+    StackState,
+    grafana_env,
+    plan,
+    render_alertmanager_config,
+    repo_root_default,
+)
 
-DEFAULT_PORTS: dict[str, int] = {
-    "prometheus": 9090,
-    "pushgateway": 9091,
-    "alertmanager": 9093,
-    "exporter": 9860,
-    "grafana": 3000,
-}
-# Start order: what Prometheus scrapes and alerts to first.
-ORDER = ("alertmanager", "pushgateway", "reaper", "exporter", "prometheus", "grafana")
-# The reaper enforces the finished runs' retention on the Pushgateway (carbonwatch.client.reaper): no port.
-NO_PORT = ("reaper",)
-# Executable names to look for (Debian's first) and the Debian package that provides them.
-BINARIES: dict[str, tuple[tuple[str, ...], str]] = {
-    "prometheus": (("prometheus",), "prometheus"),
-    "pushgateway": (("prometheus-pushgateway", "pushgateway"), "prometheus-pushgateway"),
-    "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
-    "grafana": (("grafana-server", "grafana"), "grafana"),
-}
-READY_PATH = {
-    "prometheus": "/-/ready",
-    "pushgateway": "/-/ready",
-    "alertmanager": "/-/ready",
-    "exporter": "/metrics",
-    "grafana": "/api/health",
-}
-STATE_FILE = "stack.json"
-SECURE_DIR = "secure"  # in the state directory: certificates, keys, password, web configurations (--secure)
-SECURE = ("exporter", "pushgateway")  # the services --secure puts behind TLS and basic auth
-HOST = "127.0.0.1"
-_CHILDREN: list[subprocess.Popen[bytes]] = []  # kept so that they are not reported as leaked while we wait
+LEDGER_ENV = "CARBONWATCH_LEDGER"  # the stack settings' ledger URL
+RETENTION_S = 35 * 86400.0  # covers the longest period a rule computes (30d) with its offsets' look-back
+
+__all__ = ["Service", "StackState", "add_arguments", "main", "render_alertmanager_config", "repo_root_default",
+           "running_state"]
 
 
-@dataclass
-class Service:
-    name: str
-    port: int
-    cmd: list[str]
-    pid: int = 0
-    start_ticks: int = 0  # /proc/PID/stat start time: a pid plus this is the process' identity
-    log: str = ""
-    scheme: str = "http"  # https for the services --secure protects
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.port}"
-
-    @property
-    def ready_url(self) -> str:
-        return self.url + READY_PATH[self.name] if self.name in READY_PATH else ""
-
-
-@dataclass
-class StackState:
-    state_dir: str
-    repo_root: str
-    started_at: float
-    services: dict[str, Service] = field(default_factory=dict)
-    grafana_password_file: str = ""
-    secure_dir: str = ""  # --secure: the TLS and basic-auth files
-    settings_file: str = ""  # the stack settings file this stack wrote ("" if none)
-
-    def secure_files(self) -> Any:
-        if not self.secure_dir:
-            return None
-        from carbonwatch.stack.config import SecureFiles
-
-        return SecureFiles(Path(self.secure_dir))
-
-    def save(self) -> None:
-        data = asdict(self)
-        path = Path(self.state_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, state_dir: Path) -> StackState | None:
-        path = state_dir / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--state-dir: cannot read {path}: {exc}") from None
-        services = {k: Service(**v) for k, v in data.pop("services", {}).items()}
-        return cls(services=services, **data)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def repo_root_default() -> Path:
-    """The checkout this package runs from (editable install), or CARBONWATCH_REPO_ROOT."""
-    env = os.environ.get("CARBONWATCH_REPO_ROOT")
-    return Path(env) if env else Path(__file__).resolve().parents[3]
-
-
-def find_binary(service: str, path: str | None = None) -> str | None:
-    names, _pkg = BINARIES[service]
-    for name in names:
-        found = shutil.which(name, path=path)
-        if found:
-            return found
-    return None
-
-
-def missing_binary_message(services: Iterable[str]) -> str:
-    lines = []
-    pkgs = []
-    for s in sorted(services, key=list(BINARIES).index):
-        names, pkg = BINARIES[s]
-        lines.append(f"  {s}: none of {', '.join(names)} is on PATH")
-        pkgs.append(pkg)
-    return (
-        "missing binaries for the stack:\n" + "\n".join(lines) + "\n"
-        f"install them with:  sudo apt-get install -y {' '.join(pkgs)}\n"
-        "(or run `make setup`, or use docker-compose.yml instead)"
-    )
-
-
-def process_start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); 0 when the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def alive(svc: Service) -> bool:
-    """The very process we started is still there (not a zombie, not a reused pid)."""
-    if svc.pid <= 0 or process_start_ticks(svc.pid) != svc.start_ticks:
-        return False
-    try:
-        state = Path(f"/proc/{svc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def is_ready(svc: Service, timeout: float = 2.0, secure: Any = None) -> bool:
-    """The service answers its readiness URL (over TLS, with the password and client certificate of a
-    --secure stack's `secure` files where it is protected)."""
-    if svc.name in NO_PORT:
-        return alive(svc)
-    kw: dict[str, Any] = {}
-    if svc.scheme == "https" and secure is not None:
-        kw = {"verify": str(secure.ca_cert), "auth": (secure.username, secure.password()),
-              "cert": (str(secure.client_cert), str(secure.client_key))}  # fmt: skip
-    try:
-        return requests.get(svc.ready_url, timeout=timeout, **kw).status_code == 200
-    except (requests.RequestException, OSError):
-        return False
-
-
-def log_tail(path: str, lines: int = 15) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-# ----------------------------------------------------------------------------------------------- configs
-
-
-def render_alertmanager_config(
-    source: Path, webhook_url: str | None = None, group_wait: str | None = None, group_interval: str | None = None
-) -> str:
-    """alerting/alertmanager.yml for a config in another directory: template paths made absolute; with
-    `webhook_url`, every receiver delivers to that URL only (its other integrations need the outside world)."""
-    doc = yamlfile.load(source, "alertmanager config")
-    if "route" not in doc:
-        raise ConfigError(f"alertmanager config: {source} has no top-level `route`")
-    base = source.resolve().parent
-    doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in doc.get("templates") or []]
-    if webhook_url:
-        receivers = doc.get("receivers") or [{"name": doc["route"].get("receiver", "default")}]
-        doc["receivers"] = [
-            {"name": r["name"], "webhook_configs": [{"url": webhook_url, "send_resolved": True}]} for r in receivers
-        ]
-
-    def walk(route: dict[str, Any]) -> None:
-        if group_wait:
-            route["group_wait"] = group_wait
-        if group_interval:
-            route["group_interval"] = group_interval
-        for child in route.get("routes") or []:
-            walk(child)
-
-    walk(doc["route"])
-    out: str = yaml.safe_dump(doc, sort_keys=False)
-    return out
-
-
-def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int],
-                  secure: Any = None) -> dict[str, Path]:  # fmt: skip
-    """Render every config the binaries read into `state`/config; returns their paths by service."""
-    try:
-        from carbonwatch.stack import config as stackconfig
-    except ImportError:
-        raise ConfigError(
-            "carbonwatch.stack.config is missing from this installation (it renders prometheus.yml and the rules "
-            "for local targets); update carbonwatch"
-        ) from None
-    cfg = state / "config"
-    rule_dir = cfg / "rules"
-    if cfg.exists():
-        shutil.rmtree(cfg)
-    rule_dir.mkdir(parents=True)
-    evaluation = format_duration(args.evaluation_interval)
-    alert_for = format_duration(args.alert_for) if args.alert_for is not None else None
-    stackconfig.render_rules(root, rule_dir, evaluation, for_override=alert_for)
-    targets = {
-        "carbonwatch": [f"{HOST}:{ports['exporter']}"],
-        "pushgateway": [f"{HOST}:{ports['pushgateway']}"],
-        "prometheus": [f"{HOST}:{ports['prometheus']}"],
-        "alertmanager": [f"{HOST}:{ports['alertmanager']}"],
-    }
-    prom_text = stackconfig.render_prometheus_config(
-        root,
-        targets,
-        [f"{HOST}:{ports['alertmanager']}"],
-        format_duration(args.scrape_interval),
-        evaluation,
-        rule_dir,
-        job_settings=stackconfig.secure_scrape_settings(secure) if secure is not None else None,
-    )
-    prom = cfg / "prometheus.yml"
-    prom.write_text(prom_text)
-    am = cfg / "alertmanager.yml"
-    am.write_text(
-        render_alertmanager_config(
-            root / "alerting" / "alertmanager.yml",
-            args.webhook_url,
-            format_duration(args.alert_group_wait) if args.alert_group_wait is not None else None,
-            format_duration(args.alert_group_interval) if args.alert_group_interval is not None else None,
-        )
-    )
-    return {"prometheus": prom, "alertmanager": am}
-
-
-# ------------------------------------------------------------------------------------------------ up/down
-
-
-def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int]) -> list[Service]:
-    """The services to start, with their command lines (binaries resolved, configs rendered)."""
-    wanted = [s for s in ORDER if not (s == "exporter" and args.no_exporter)]
-    grafana = None if args.no_grafana else find_binary("grafana")
-    if grafana is None and "grafana" in wanted:
-        wanted.remove("grafana")
-    missing = [s for s in wanted if s not in ("exporter", "grafana", *NO_PORT) and find_binary(s) is None]
-    if missing:
-        raise ConfigError(missing_binary_message(missing))
-    for name in ("prometheus", "alertmanager"):
-        if not (root / ("prometheus" if name == "prometheus" else "alerting") / f"{name}.yml").is_file():
-            rel = "prometheus/prometheus.yml" if name == "prometheus" else "alerting/alertmanager.yml"
-            raise ConfigError(
-                f"--repo-root: {root} has no {rel} (run from a carbonwatch checkout or set CARBONWATCH_REPO_ROOT)"
-            )
-    busy = [f"{s} port {ports[s]}" for s in wanted if s in ports and port_in_use(ports[s])]
-    if busy:
-        raise ConfigError(
-            f"ports in use: {', '.join(busy)} (is another stack running? try `carbonwatch stack status`, "
-            "or move this one with --port-offset)"
-        )
-    secure = None
-    if getattr(args, "secure", False):
-        from carbonwatch.stack.config import write_secure_files
-
-        secure = write_secure_files(state / SECURE_DIR)
-    configs = write_configs(args, root, state, ports, secure)
-    data = state / "data"
-    retention = format_duration(args.retention)
-    out: list[Service] = []
-    for name in wanted:
-        listen = f"{HOST}:{ports.get(name, 0)}"
-        if name == "prometheus":
-            cmd = [
-                find_binary("prometheus") or "prometheus",
-                f"--config.file={configs['prometheus']}",
-                f"--storage.tsdb.path={data / 'prometheus'}",
-                f"--storage.tsdb.retention.time={retention}",
-                f"--web.listen-address={listen}",
-                "--web.enable-lifecycle",
-            ]
-        elif name == "pushgateway":
-            cmd = [
-                find_binary("pushgateway") or "pushgateway",
-                f"--web.listen-address={listen}",
-                f"--persistence.file={data / 'pushgateway.data'}",
-                "--persistence.interval=1m",
-            ]
-            if secure is not None:
-                cmd.append(f"--web.config.file={secure.pushgateway_web}")
-        elif name == "alertmanager":
-            cmd = [
-                find_binary("alertmanager") or "alertmanager",
-                f"--config.file={configs['alertmanager']}",
-                f"--storage.path={data / 'alertmanager'}",
-                f"--web.listen-address={listen}",
-                "--cluster.listen-address=",  # no gossip port: one instance, and parallel stacks do not clash
-            ]
-        elif name == "reaper":
-            scheme = "https" if secure is not None else "http"
-            cmd = [sys.executable, "-m", "carbonwatch.client.reaper",
-                   f"--gateway={scheme}://{HOST}:{ports['pushgateway']}", "--every=5s"]
-        elif name == "exporter":
-            cmd = [sys.executable, "-m", "carbonwatch", "exporter", f"--web.listen-address={listen}",
-                   f"--storage.path={data / 'exporter'}"]  # the durable counters, in-tree for the native stack
-            if secure is not None:
-                cmd.append(f"--web.config.file={secure.exporter_web}")
-            cmd += list(args.exporter_arg)
-        else:
-            cmd = [grafana or "grafana-server", f"--homepath={args.grafana_homepath}"]
-            if Path(cmd[0]).name == "grafana":
-                cmd.insert(1, "server")
-        scheme = "https" if secure is not None and name in SECURE else "http"
-        out.append(Service(name, ports.get(name, 0), cmd, log=str(state / "logs" / f"{name}.log"), scheme=scheme))
-    return out
-
-
-def grafana_env(state: Path, root: Path, ports: dict[str, int]) -> tuple[dict[str, str], str]:
-    """Grafana's settings through its GF_* variables, and the admin password file."""
-    pw_file = state / "grafana-admin-password"
-    password = os.environ.get("GRAFANA_ADMIN_PASSWORD", "")
-    if not password:
-        password = pw_file.read_text().strip() if pw_file.is_file() else secrets.token_urlsafe(18)
-    pw_file.write_text(password + "\n")
-    pw_file.chmod(0o600)
-    env = {
-        "GF_SERVER_HTTP_ADDR": HOST,
-        "GF_SERVER_HTTP_PORT": str(ports["grafana"]),
-        "GF_PATHS_DATA": str(state / "data" / "grafana"),
-        "GF_PATHS_LOGS": str(state / "logs"),
-        "GF_PATHS_PROVISIONING": str(root / "grafana" / "provisioning"),
-        "GF_SECURITY_ADMIN_PASSWORD": password,
-        "GF_USERS_ALLOW_SIGN_UP": "false",
-        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH": str(root / "grafana" / "dashboards" / "fleet.json"),
-        "CARBONWATCH_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
-        "CARBONWATCH_DASHBOARDS_DIR": str(root / "grafana" / "dashboards"),
-    }
-    return env, str(pw_file)
-
-
-def start(svc: Service, env: dict[str, str] | None = None) -> None:
-    Path(svc.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(svc.log, "ab") as log:
-        proc = subprocess.Popen(
-            svc.cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own session and process group: `up` returns, `down` signals the group
-            env={**os.environ, **(env or {})},
-        )
-    _CHILDREN.append(proc)
-    svc.pid = proc.pid
-    svc.start_ticks = process_start_ticks(proc.pid)
-
-
-def stop(svc: Service, grace: float = 10.0) -> bool:
-    """SIGTERM to the service's process group, SIGKILL after `grace` seconds. False if it was not running."""
-    if not alive(svc):
-        return False
-    try:
-        os.killpg(svc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        _reap(svc.pid)
-        if not alive(svc):
-            return True
-        time.sleep(0.1)
-    try:
-        os.killpg(svc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(svc.pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def wait_ready(services: list[Service], timeout: float, secure: Any = None) -> list[str]:
-    """Wait until each service answers its readiness URL; the problems of those that do not."""
-    deadline = time.monotonic() + timeout
-    pending = list(services)
-    while pending and time.monotonic() < deadline:
-        for svc in list(pending):
-            _reap(svc.pid)
-            if not alive(svc):
-                return [f"{svc.name} exited while starting; the end of {svc.log}:\n{log_tail(svc.log)}"]
-            if is_ready(svc, timeout=1.0, secure=secure):
-                pending.remove(svc)
-        if pending:
-            time.sleep(0.25)
-    return [f"{s.name} not ready at {s.ready_url} after {timeout:g}s; see {s.log}" for s in pending]
-
-
-def running_state(state_dir: Path) -> StackState | None:
-    st = StackState.load(state_dir)
-    if st is None:
-        return None
-    return st if any(alive(s) for s in st.services.values()) else None
-
-
-def up(args: argparse.Namespace) -> int:
-    state = Path(args.state_dir).resolve()
-    root = Path(args.repo_root).resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    if running_state(state) is not None:
-        raise ConfigError(f"a stack is already running from {state}; stop it with `carbonwatch stack down`")
+def stack_ports(args: argparse.Namespace) -> dict[str, int]:
+    """Each service's port: its default plus --port-offset, or its --NAME-port."""
     ports = {name: port + args.port_offset for name, port in DEFAULT_PORTS.items()}
     for name in DEFAULT_PORTS:
-        explicit = getattr(args, f"{name}_port")
+        explicit = getattr(args, f"{name}_port", None)
         if explicit is not None:
             ports[name] = explicit
     for name, port in ports.items():
         if not 0 < port < 65536:
             raise ConfigError(f"--{name}-port: {port} is out of range 1..65535")
-    services = plan(args, root, state, ports)
-    st = StackState(str(state), str(root), time.time())
-    secure = None
-    if getattr(args, "secure", False):
-        st.secure_dir = str(state / SECURE_DIR)
-        secure = st.secure_files()
+    return ports
+
+
+def start_all(st: StackState, services: list[Service], args: argparse.Namespace, ports: dict[str, int]) -> list[str]:
+    """Start the planned services in order, saving the state after each; the problems of those that do not
+    become ready (everything is stopped again on an exception)."""
+    state, root, secure = Path(st.state_dir), Path(st.repo_root), st.secure_files()
     try:
         for svc in services:
             env = None
@@ -495,21 +82,45 @@ def up(args: argparse.Namespace) -> int:
             st.services[svc.name] = svc
             (state / f"{svc.name}.pid").write_text(f"{svc.pid}\n")
             st.save()
-        problems = wait_ready(services, args.wait, secure)
+        return wait_ready(services, args.wait, secure)
     except BaseException:
         _down(st, quiet=True)
         raise
+
+
+def up(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir).resolve()
+    root = Path(args.repo_root).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    if running_state(state) is not None:
+        raise ConfigError(f"a stack is already running from {state}; stop it with "
+                          f"`{command_name()} stack down --state-dir {state}`")
+    ports = stack_ports(args)
+    services = plan(args, root, state, ports)
+    st = StackState(str(state), str(root), time.time())
+    if getattr(args, "secure", False):
+        st.secure_dir = str(state / SECURE_DIR)
+    problems = start_all(st, services, args, ports)
     if problems:
         _down(st, quiet=True)
         print("carbonwatch stack: failed to start:\n" + "\n".join(problems), file=sys.stderr)
         return 1
     settings_line = write_settings(st, args)
-    print(f"carbonwatch stack up (state, logs and data in {state}):")
+    print_up(st, args, settings_line)
+    return 0
+
+
+def print_up(st: StackState, args: argparse.Namespace, settings_line: str) -> None:
+    """What `up` prints once every service is ready."""
+    print(f"carbonwatch stack up (state, logs and data in {st.state_dir}):")
     _print_table(st)
     if st.grafana_password_file:
         print(f"Grafana login: admin, password in {st.grafana_password_file}")
     elif not args.no_grafana:
         print("Grafana: grafana-server is not on PATH, not started (dashboards: docs/dashboards.md)")
+    if "ledger" not in st.services and not getattr(args, "no_ledger", False):
+        print("Ledger: this installation has no `carbonwatch ledger`, not started (totals come from Prometheus)")
+    secure = st.secure_files()
     if secure is not None:
         print(f"TLS and basic auth on the exporter and the Pushgateway: user {secure.username}, password in "
               f"{secure.password_file}, CA {secure.ca_cert}")  # fmt: skip
@@ -517,9 +128,8 @@ def up(args: argparse.Namespace) -> int:
         print(settings_line)
     print(
         f"stop it with: {command_name()} stack down"
-        + ("" if args.state_dir == default_state_dir() else f" --state-dir {state}")
+        + ("" if args.state_dir == default_state_dir() else f" --state-dir {st.state_dir}")
     )
-    return 0
 
 
 def command_name() -> str:
@@ -543,6 +153,8 @@ def settings_values(st: StackState) -> dict[str, str]:
         out[client_settings.ENV["pushgateway"]] = st.services["pushgateway"].url
     if "prometheus" in st.services:
         out[client_settings.ENV["prometheus"]] = st.services["prometheus"].url
+    if "ledger" in st.services:
+        out[LEDGER_ENV] = st.services["ledger"].url  # `carbonwatch report` and `job` read the ledger
     secure = st.secure_files()
     if secure is not None:
         from carbonwatch.client.auth import ENV as AUTH_ENV
@@ -657,7 +269,7 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"state_dir": str(state), "services": []}))
         else:
-            print(f"no stack running from {state} (start one with `carbonwatch stack up`)")
+            print(f"no stack running from {state} (start one with `{command_name()} stack up`)")
         return 3
     rows = status_rows(st)
     if args.json:
@@ -703,8 +315,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     u.add_argument("--evaluation-interval", type=_duration("--evaluation-interval"), default=15.0, metavar="DURATION",
                    help="how often Prometheus evaluates rules and alerts (default 15s); rule groups with "
                         "longer intervals are scaled by the same factor")
-    u.add_argument("--retention", type=_duration("--retention"), default=15 * 86400.0, metavar="DURATION",
-                   help="Prometheus TSDB retention (default 15d)")  # fmt: skip
+    u.add_argument("--retention", type=_duration("--retention"), default=RETENTION_S, metavar="DURATION",
+                   help="Prometheus TSDB retention (default 35d: the rules' longest period, 30 days, plus the "
+                        "look-back of their copies)")  # fmt: skip
     u.add_argument("--port-offset", type=int, default=0, help="add N to every default port (9090, 9091, ...)")
     for name, port in DEFAULT_PORTS.items():
         u.add_argument(f"--{name}-port", type=int, default=None, metavar="PORT", help=f"default {port} + offset")
@@ -712,6 +325,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pass ARG to `carbonwatch exporter` (repeat; e.g. --exporter-arg=--zone=DE)")  # fmt: skip
     u.add_argument("--no-exporter", action="store_true", help="do not start the exporter (one already runs)")
     u.add_argument("--no-grafana", action="store_true", help="do not start grafana-server even when on PATH")
+    u.add_argument("--no-ledger", action="store_true",
+                   help="do not start the ledger (`carbonwatch ledger serve`, database STATE_DIR/data/ledger.db)")
     u.add_argument("--grafana-homepath", default="/usr/share/grafana", help="grafana-server --homepath")
     u.add_argument("--webhook-url", metavar="URL", help="deliver every alert to this webhook instead of the receivers")
     u.add_argument("--alert-for", type=_duration("--alert-for"), default=None, metavar="DURATION",
