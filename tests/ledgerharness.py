@@ -1,0 +1,136 @@
+"""Real processes for the ledger scenarios: the ledger itself (`carbonwatch ledger serve`), a throwaway
+PostgreSQL cluster, and VictoriaMetrics. Each lives in a temporary directory and is stopped by its owner."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import eventually, free_port, http_ok, stop_process
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class Ledger:
+    """`carbonwatch ledger serve` on loopback against `source` (a Prometheus HTTP API URL)."""
+
+    def __init__(self, tmp: Path, source: str, database: str, args: Sequence[str] = ()) -> None:
+        self.tmp, self.source, self.database, self.args = tmp, source, database, list(args)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "ledger.log"
+        self.start()
+
+    def start(self, extra: Sequence[str] = ()) -> None:
+        cmd = [sys.executable, "-m", "carbonwatch", "ledger", "serve", "--prometheus", self.source,
+               "--database", self.database, "--web.listen-address", f"127.0.0.1:{self.port}",
+               "--sync.interval", "1s", *self.args, *extra]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            eventually(lambda: self.alive() and http_ok(self.url + "/-/ready"), 60, "ledger ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"ledger did not start:\n{self.log.read_text()[-3000:]}") from None
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"ledger exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        return True
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = requests.get(self.url + path, params=params, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics: (name, sorted labels) -> value."""
+        text = requests.get(self.url + "/metrics", timeout=30).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def cursor(self) -> float:
+        found = [v for (n, _), v in self.metrics().items() if n == "carbonwatch_ledger_synced_until_timestamp_seconds"]
+        return found[0] if found else 0.0
+
+    def wait_synced(self, until: float, timeout: float = 120) -> float:
+        """Until the cursor passed `until` (Unix s); the cursor."""
+        return float(eventually(lambda: self.alive() and (c := self.cursor()) >= until and c, timeout,
+                                f"ledger cursor past {until}", every=0.5))
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish anything."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster under `tmp`, owned and run by an unprivileged user when we are root."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "pg"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, self.user)
+        self._as_user([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-U", "ledger", "--auth=trust",
+                       "-E", "UTF8", "--no-sync"])
+        self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                       "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+        self.url = f"postgresql://ledger@127.0.0.1:{self.port}/postgres"
+
+    def _as_user(self, cmd: list[str]) -> None:
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
+        if r.returncode:
+            raise AssertionError(f"{cmd[-1]} failed: {r.stdout}{r.stderr}")
+
+    def database(self, name: str) -> str:
+        """A fresh database; its URL."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=ledger dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://ledger@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+
+
+class VictoriaMetrics:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "vm.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["victoria-metrics", f"-storageDataPath={tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{self.port}",
+                 "-retentionPeriod=100y", "-search.disableCache", "-search.latencyOffset=0s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            eventually(lambda: self.proc.poll() is None and http_ok(self.url + "/health"), 60, "victoria-metrics up")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"victoria-metrics did not start:\n{self.log.read_text()[-2000:]}") from None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
