@@ -5,6 +5,7 @@ zone, calendar day and 30 days."""
 
 from __future__ import annotations
 
+import calendar
 import random
 import shutil
 import time
@@ -111,7 +112,7 @@ def usage(ledger: Ledger, scope: str, a: float, b: float) -> dict[tuple[str, flo
     body = ledger.get("/api/v1/usage", group_by=scope, period="day", **{"from": iso(a), "to": iso(b)})
     out: dict[tuple[str, float], tuple[float, float]] = {}
     for row in body["rows"]:
-        day = time.mktime(time.strptime(row["period"][:10] + " UTC", "%Y-%m-%d %Z")) - time.timezone
+        day = float(calendar.timegm(time.strptime(row["period"][:10], "%Y-%m-%d")))
         out[(row[scope], day)] = (float(row["energy_joules"]), float(row["emissions_grams"]))
     return out
 
