@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "job": ("carbonwatch.stack.job", "a SLURM job's energy, emissions and cost by job id, as sacct prints them"),
     "stack": ("carbonwatch.stack.launcher", "start, stop or inspect the native Prometheus stack"),
     "budgets": ("carbonwatch.budgets", "render alerting/budgets.yml into Prometheus rules"),
+    "ledger": ("carbonwatch.ledger.cli", "the run ledger: `ledger serve` keeps it, `ledger export` prints it"),
 }
 
 

@@ -191,6 +191,71 @@ INTENSITY: tuple[Spec, ...] = (
          "Time the last background refresh of every zone took.", "the intensity feed"),
 )
 
+# What `carbonwatch ledger serve` serves on /metrics (docs/ledger.md).
+_RUN = ("run_id", "user", "project", "model", "team", "status")
+LEDGER: tuple[Spec, ...] = (
+    Spec("carbonwatch_ledger_run_energy_joules", "gauge", _RUN,
+         "A run's energy, J, all nodes and components, for runs running or ended within --metrics.window.",
+         "the ledger's buckets"),
+    Spec("carbonwatch_ledger_run_emissions_grams", "gauge", _RUN, "A run's emissions, g CO2e, all nodes.",
+         "the ledger's buckets"),
+    Spec("carbonwatch_ledger_run_cost", "gauge", ("run_id", "currency"),
+         "A run's electricity cost: each hour's energy at its zone's price.", "the ledger's buckets x price"),
+    Spec("carbonwatch_ledger_run_budget_grams", "gauge", ("run_id",),
+         "The run's carbon budget as last pushed (outlives the Pushgateway group).", "the run client"),
+    Spec("carbonwatch_ledger_run_component_energy_joules", "gauge", ("run_id", "component"),
+         "A run's energy per component, J, all nodes.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_run_component_emissions_grams", "gauge", ("run_id", "component"),
+         "A run's emissions per component, g CO2e, all nodes.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_user_energy_joules", "gauge", ("user", "period"),
+         "Energy per user, J, per period: day and month (calendar UTC so far), 1d and 30d (rolling, ending at the "
+         "cursor); run energy.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_user_emissions_grams", "gauge", ("user", "period"),
+         "Emissions per user, g CO2e, per period (as the energy family).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_project_energy_joules", "gauge", ("project", "period"),
+         "Energy per project, J, per period: day and month (calendar UTC so far), 1d and 30d (rolling, ending at the "
+         "cursor); run energy.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_project_emissions_grams", "gauge", ("project", "period"),
+         "Emissions per project, g CO2e, per period (as the energy family).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_team_energy_joules", "gauge", ("team", "period"),
+         "Energy per team, J, per period: day and month (calendar UTC so far), 1d and 30d (rolling, ending at the "
+         "cursor); run energy.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_team_emissions_grams", "gauge", ("team", "period"),
+         "Emissions per team, g CO2e, per period (as the energy family).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_model_energy_joules", "gauge", ("model", "period"),
+         "Energy per model, J, per period: day and month (calendar UTC so far), 1d and 30d (rolling, ending at the "
+         "cursor); run energy.", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_model_emissions_grams", "gauge", ("model", "period"),
+         "Emissions per model, g CO2e, per period (as the energy family).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_zone_energy_joules", "gauge", ("zone", "period"),
+         "Energy per zone, J, per period: day and month (calendar UTC so far), 1d and 30d (rolling, ending at the "
+         "cursor); all energy of the zone's nodes (node counters, idle included).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_zone_emissions_grams", "gauge", ("zone", "period"),
+         "Emissions per zone, g CO2e, per period (as the energy family).", "the ledger's buckets"),
+    Spec("carbonwatch_ledger_synced_until_timestamp_seconds", "gauge", (),
+         "The cursor: every raw sample up to it is in the database.", "the ledger"),
+    Spec("carbonwatch_ledger_last_sync_timestamp_seconds", "gauge", (),
+         "Wall-clock time of the last successful sync.", "the ledger"),
+    Spec("carbonwatch_ledger_sync_lag_seconds", "gauge", (), "Now minus the cursor.", "the ledger"),
+    Spec("carbonwatch_ledger_sync_duration_seconds", "gauge", (), "Time the last successful sync took.",
+         "the ledger"),
+    Spec("carbonwatch_ledger_sync_errors", "counter", (),
+         "Syncs that failed (server unreachable or answering garbage, database errors); each is retried and "
+         "nothing is lost.", "the ledger"),
+    Spec("carbonwatch_ledger_rows", "gauge", ("table",), "Rows per table of the ledger's database.", "the ledger"),
+    Spec("carbonwatch_ledger_info", "gauge", ("database", "version"),
+         "The ledger's database kind (sqlite, postgresql) and carbonwatch version, value 1.", "the ledger"),
+    Spec("carbonwatch_ledger_schema_version", "gauge", (), "The database's schema version.", "the ledger"),
+    Spec("carbonwatch_ledger_counter_resets", "counter", ("instance",),
+         "Times an exporter's run or node counter went down (started again from 0); what it held before stays "
+         "counted.", "the ledger's resets log"),
+    Spec("carbonwatch_ledger_counter_reset_timestamp_seconds", "gauge", ("instance",),
+         "Sample time of the instance's latest counter reset.", "the ledger's resets log"),
+    Spec("carbonwatch_ledger_estimated_joules", "gauge", ("instance",),
+         "Energy spread linearly over scrape gaps (longer than max(2 x scrape interval, 60 s)), J.",
+         "the ledger's buckets"),
+)
+
 # Recorded series (prometheus/rules/) that code outside the rules reads: report, job, run summary, demo.
 RECORDED: tuple[str, ...] = (
     "run_id:carbonwatch_energy_joules:total",
@@ -207,6 +272,7 @@ RECORDED: tuple[str, ...] = (
 BY_NAME = {s.name: s for s in SPECS}
 PUSHED_BY_NAME = {s.name: s for s in PUSHED}
 INTENSITY_BY_NAME = {s.name: s for s in INTENSITY}
+LEDGER_BY_NAME = {s.name: s for s in LEDGER}
 
 
 def markdown() -> str:
@@ -231,6 +297,9 @@ def markdown() -> str:
     lines += ["", "## The run client (Pushgateway, job `carbonwatch_run`, grouping key `run_id`)", "",
               "| metric | type | labels | meaning | source |", "|---|---|---|---|---|"]
     lines += _table(PUSHED)
+    lines += ["", "## The ledger (`carbonwatch ledger serve`, docs/ledger.md)", "",
+              "| metric | type | labels | meaning | source |", "|---|---|---|---|---|"]
+    lines += _table(LEDGER)
     lines += ["", "## Recorded series other parts read", "",
               "Defined in `prometheus/rules/` (docs/rules.md); read by `carbonwatch report`, `carbonwatch job`, the "
               "run summary and the demo:", ""]

@@ -1,5 +1,6 @@
 """The one Prometheus HTTP API client: instant queries for the report, `carbonwatch job`, the run summary
-in node mode, the demo and the dashboards' panel check.
+in node mode, the demo and the dashboards' panel check; raw samples (range selectors) and series lookups for
+the ledger.
 
 Errors say what failed: an unreachable or non-Prometheus server is a NetworkError naming the URL; a query
 Prometheus rejects is a ConfigError naming the query (it came from our input).
@@ -28,13 +29,39 @@ class Prometheus:
         self.what = what
         self.session = session or requests.Session()
 
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        """The result of an instant query: a list of {"metric": {...}, "value": [t, "v"]} (vector) entries."""
-        data = {"query": expr}
+    def query(self, expr: str, at: float | None = None,
+              extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The result of an instant query: a list of {"metric": {...}, "value": [t, "v"]} (vector) entries, or
+        {"metric": {...}, "values": [[t, "v"], ...]} (matrix) for a range selector. `extra`: more form
+        parameters (e.g. VictoriaMetrics' `nocache`), ignored by servers that do not know them."""
+        data = {"query": expr, **(extra or {})}
         if at is not None:
             data["time"] = f"{at:.3f}"
+        data_ = self._call("/api/v1/query", data, expr)
+        result = data_.get("result", [])
+        if data_.get("resultType") in ("scalar", "string"):
+            return [{"metric": {}, "value": result}]
+        return list(result)
+
+    def raw(self, expr: str, at: float, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The raw samples of a range selector `metric[d]` evaluated at `at`: matrix entries. A server that
+        answers something other than a matrix is a NetworkError (it does not serve raw samples)."""
+        result = self.query(expr, at, extra)
+        for entry in result:
+            if not isinstance(entry, dict) or not isinstance(entry.get("values"), list):
+                raise NetworkError(f"{self.what}: {self.url} answered {expr!r} without raw samples (a matrix)")
+        return result
+
+    def series(self, match: str, start: float, end: float) -> list[dict[str, str]]:
+        """The label sets of the series matching `match` with data in [start, end] (as precise as the
+        server's index: Prometheus answers per block, VictoriaMetrics per day, both erring early)."""
+        data = {"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        result = self._call("/api/v1/series", data, match)
+        return [dict(s) for s in result] if isinstance(result, list) else []
+
+    def _call(self, path: str, data: dict[str, str], expr: str) -> Any:
         try:
-            r = self.session.post(f"{self.url}/api/v1/query", data=data, timeout=self.timeout)
+            r = self.session.post(f"{self.url}{path}", data=data, timeout=self.timeout)
         except requests.RequestException as exc:
             raise NetworkError(f"{self.what}: cannot reach Prometheus at {self.url}: {reason(exc)}") from None
         try:
@@ -45,12 +72,12 @@ class Prometheus:
             ) from None
         if not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error", r.status_code) if isinstance(body, dict) else r.status_code
+            if r.status_code in (401, 403) or r.status_code >= 500:
+                raise NetworkError(f"{self.what}: {self.url} answered HTTP {r.status_code} to {expr!r}: {error}")
             raise ConfigError(f"Prometheus at {self.url} rejected {expr!r}: {error}")
-        data_ = body.get("data") or {}
-        result = data_.get("result", [])
-        if data_.get("resultType") in ("scalar", "string"):
-            return [{"metric": {}, "value": result}]
-        return list(result)
+        if path != "/api/v1/query":
+            return body.get("data")
+        return body.get("data") or {}
 
     def scalar(self, expr: str, at: float | None = None) -> float | None:
         """The value of a one-series result; None when there is no series or the value is not finite."""

@@ -62,7 +62,8 @@ from carbonwatch.errors import ConfigError
 log = logging.getLogger("carbonwatch.node.web")
 
 # An extra GET route: `() -> (body, content type)`, or `(query) -> (status, body, content type)` where query is
-# urllib.parse.parse_qs of the request's query string.
+# urllib.parse.parse_qs of the request's query string. A path ending in `/*` serves every path below it
+# (the rest of the path, percent-encoded, is the query's `*`).
 Route = Callable[[], tuple[bytes, str]] | Callable[[Mapping[str, list[str]]], tuple[int, bytes, str]]
 
 # --------------------------------------------------------------------------------------- configuration
@@ -752,6 +753,17 @@ class WebServer(ThreadingHTTPServer):
         self.refused = 0  # connections refused over MAX_CONNECTIONS
         super().__init__(address, _Handler)
 
+    def route_for(self, path: str) -> tuple[QueryRoute | None, str | None]:
+        """The route serving `path`: an exact one, else a prefix route (`/a/b/*`) with the rest of the path,
+        still percent-encoded, which the route finds in its query under `*`."""
+        route = self.routes.get(path)
+        if route is not None:
+            return route, None
+        for key, r in self.routes.items():
+            if key.endswith("/*") and path.startswith(key[:-1]) and len(path) > len(key) - 1:
+                return r, path[len(key) - 1:]
+        return None, None
+
     @property
     def scheme(self) -> str:
         return "https" if self.web.tls else "http"
@@ -922,7 +934,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/":
             self._reply(200, self.server.landing_body, "text/html; charset=utf-8", head=head)
             return
-        route = self.server.routes.get(path)
+        route, rest = self.server.route_for(path)
         if path != "/metrics" and route is None:
             self._reply(404, b"not found: try /metrics\n", "text/plain; charset=utf-8", head=head)
             return
@@ -935,7 +947,10 @@ class _Handler(BaseHTTPRequestHandler):
             if route is None:
                 body, ctype = render_metrics(self.server.collectors, self.headers.get("Accept"))
             else:
-                code, body, ctype = route(parse_qs(url.query))
+                query = parse_qs(url.query)
+                if rest is not None:
+                    query["*"] = [rest]
+                code, body, ctype = route(query)
         except Exception as exc:
             log.error("serving %s failed: %s", path, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._reply(500, f"Internal Server Error: {type(exc).__name__}\n".encode(), "text/plain; charset=utf-8",

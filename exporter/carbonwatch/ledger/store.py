@@ -1,0 +1,216 @@
+"""Writing one synced window into the database: the buckets it produced, the series' last raw values, the
+runs' metadata, segments, resets and the cursor, all in ONE transaction. A crash anywhere before the commit
+leaves the database as it was (the window is read again); after it, nothing of the window is read again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, select
+
+from carbonwatch.contracts import JOULES_PER_KWH
+from carbonwatch.ledger import schema
+from carbonwatch.ledger.accumulate import SeriesState
+from carbonwatch.ledger.db import dialect_insert
+
+RunKey = tuple[str, str, str, str, int]  # run_id, instance, component, zone, hour
+NodeKey = tuple[str, str, str, int]  # instance, component, zone, hour
+Cell = list[float]  # energy J, emissions g, estimated J, estimated g
+CURSOR = "prometheus"  # the one source today
+RUN_FIELDS = ("user", "project", "model", "team", "status", "label_origin", "start", "end", "budget_grams",
+              "samples", "epochs", "currency")
+CHUNK_PARAMS = 500  # ids per IN (...) list
+
+
+@dataclass
+class SeriesRow:
+    kind: str
+    run_id: str
+    instance: str
+    component: str
+    state: SeriesState
+
+
+@dataclass
+class Batch:
+    """Everything one window adds; `until` becomes the cursor."""
+
+    until: float
+    run_cells: dict[RunKey, Cell] = field(default_factory=dict)
+    node_cells: dict[NodeKey, Cell] = field(default_factory=dict)
+    series: dict[str, SeriesRow] = field(default_factory=dict)
+    resets: list[dict[str, Any]] = field(default_factory=list)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> fields seen in the window
+    seen: dict[tuple[str, str], tuple[float, float, float | None]] = field(default_factory=dict)
+    zones: dict[str, str] = field(default_factory=dict)
+    prices: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+Hook = Callable[[str], None]  # called between statements (tests raise in it to simulate a crash)
+
+
+def _nohook(_: str) -> None:
+    return None
+
+
+def load_states(engine: Engine) -> dict[str, SeriesRow]:
+    t = schema.series
+    with engine.connect() as conn:
+        return {r.key: SeriesRow(r.metric, r.run_id, r.instance, r.component,
+                                 SeriesState(r.last_value, r.last_time, r.first_time))
+                for r in conn.execute(select(t))}  # fmt: skip
+
+
+def load_cursor(engine: Engine) -> float | None:
+    with engine.connect() as conn:
+        v = conn.execute(select(schema.cursor.c.synced_until).where(schema.cursor.c.source == CURSOR)).scalar()
+    return None if v is None else float(v)
+
+
+def load_prices(engine: Engine) -> dict[str, tuple[str, float]]:
+    with engine.connect() as conn:
+        return {r.zone: (r.currency, r.price_per_kwh) for r in conn.execute(select(schema.prices))}
+
+
+def load_zones(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return {r.instance: r.zone for r in conn.execute(select(schema.zones))}
+
+
+def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> None:
+    """Write `batch` and move the cursor to `batch.until`, atomically."""
+    with engine.begin() as conn:
+        hook("begin")
+        _zones_prices(conn, batch)
+        hook("zones")
+        _cells(conn, schema.run_buckets, ("run_id", "instance", "component", "zone", "hour"), batch.run_cells,
+               batch.prices)
+        hook("run_buckets")
+        _cells(conn, schema.node_buckets, ("instance", "component", "zone", "hour"), batch.node_cells,
+               batch.prices)
+        hook("node_buckets")
+        _series(conn, batch.series)
+        hook("series")
+        if batch.resets:
+            conn.execute(schema.resets.insert(), batch.resets)
+        _runs(conn, batch)
+        hook("runs")
+        _segments(conn, batch)
+        hook("segments")
+        _upsert(conn, schema.cursor, ["source"], [{"source": CURSOR, "synced_until": batch.until,
+                                                   "updated_at": now}])
+        hook("cursor")
+
+
+def _upsert(conn: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]],
+            add: Iterable[str] = ()) -> None:
+    if not rows:
+        return
+    stmt: Any = dialect_insert(conn)(table)
+    add = set(add)
+    updates = {c: (table.c[c] + stmt.excluded[c] if c in add else stmt.excluded[c])
+               for c in rows[0] if c not in keys}  # fmt: skip
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates else \
+        stmt.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, rows)
+
+
+def _zones_prices(conn: Connection, batch: Batch) -> None:
+    _upsert(conn, schema.zones, ["instance"], [{"instance": i, "zone": z} for i, z in batch.zones.items()])
+    _upsert(conn, schema.prices, ["zone"], [{"zone": z, "currency": c, "price_per_kwh": p}
+                                            for z, (c, p) in batch.prices.items()])
+
+
+def _cells(conn: Connection, table: Any, keys: tuple[str, ...], cells: dict[Any, Cell],
+           prices: dict[str, tuple[str, float]]) -> None:
+    rows = []
+    zone_at = keys.index("zone")
+    for key, (e, g, ee, eg) in cells.items():
+        price = prices.get(key[zone_at], ("", 0.0))[1]
+        row = dict(zip(keys, key, strict=True))
+        row.update(energy_joules=e, emissions_grams=g, estimated_joules=ee, estimated_grams=eg,
+                   cost=e / JOULES_PER_KWH * price)
+        rows.append(row)
+    _upsert(conn, table, list(keys), rows,
+            add=("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"))
+
+
+def _series(conn: Connection, rows: dict[str, SeriesRow]) -> None:
+    _upsert(conn, schema.series, ["key"], [
+        {"key": k, "metric": r.kind, "run_id": r.run_id, "instance": r.instance, "component": r.component,
+         "last_value": r.state.last_value, "last_time": r.state.last_time, "first_time": r.state.first_time}
+        for k, r in rows.items()])
+
+
+def _existing_runs(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    t = schema.runs
+    for i in range(0, len(ids), CHUNK_PARAMS):
+        for r in conn.execute(select(t).where(t.c.run_id.in_(ids[i:i + CHUNK_PARAMS]))):
+            out[r.run_id] = dict(r._mapping)
+    return out
+
+
+def _runs(conn: Connection, batch: Batch) -> None:
+    ids = sorted(set(batch.runs) | {r for r, _ in batch.seen})
+    if not ids:
+        return
+    old = _existing_runs(conn, ids)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for (run_id, _), (t0, t1, _prev) in batch.seen.items():
+        first[run_id] = min(first.get(run_id, t0), t0)
+        last[run_id] = max(last.get(run_id, t1), t1)
+    rows = []
+    for run_id in ids:
+        row = old.get(run_id) or {"run_id": run_id, **{f: None for f in RUN_FIELDS}}
+        row = merge_run(row, batch.runs.get(run_id, {}))
+        seen0, seen1 = first.get(run_id), last.get(run_id)
+        row["first_seen"] = min(x for x in (row.get("first_seen"), seen0, seen1) if x is not None) \
+            if (row.get("first_seen"), seen0) != (None, None) else batch.until
+        row["last_seen"] = max(x for x in (row.get("last_seen"), seen1, row["first_seen"]) if x is not None)
+        for f in ("user", "project", "model", "team", "status", "label_origin", "currency"):
+            row[f] = row.get(f) or ""
+        rows.append(row)
+    _upsert(conn, schema.runs, ["run_id"], rows)
+
+
+def merge_run(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The run's row with what the window saw: the client's labels win over an exporter's; an empty label
+    never overwrites a known one; pushed numbers replace older ones."""
+    row = dict(row)
+    client = new.get("label_origin") == "client"
+    held_client = row.get("label_origin") == "client"
+    for f in ("user", "project", "model", "team"):
+        v = new.get(f) or ""
+        if v and (client or not held_client or not row.get(f)):
+            row[f] = v
+    if new.get("label_origin") and (client or not held_client):
+        row["label_origin"] = new["label_origin"]
+    for f in ("status", "start", "end", "budget_grams", "samples", "epochs", "currency"):
+        if new.get(f) not in (None, ""):
+            row[f] = new[f]
+    return row
+
+
+def _segments(conn: Connection, batch: Batch) -> None:
+    """Extend each (run, node) stretch the window continues; start a new one after a break."""
+    t = schema.segments
+    if not batch.seen:
+        return
+    latest = {(r.run_id, r.instance): r.start for r in conn.execute(
+        select(t.c.run_id, t.c.instance, func.max(t.c.start).label("start")).group_by(t.c.run_id, t.c.instance))}
+    extend, new = [], []
+    for (run_id, instance), (t0, t1, prev) in sorted(batch.seen.items()):
+        start = latest.get((run_id, instance))
+        if start is not None and prev is not None:
+            extend.append({"r": run_id, "i": instance, "s": start, "e": t1})
+        else:
+            new.append({"run_id": run_id, "instance": instance, "start": t0, "end": t1})
+    if extend:
+        conn.execute(t.update().where((t.c.run_id == bindparam("r")) & (t.c.instance == bindparam("i"))
+                                      & (t.c.start == bindparam("s"))).values(end=bindparam("e")), extend)
+    _upsert(conn, t, ["run_id", "instance", "start"], new)
