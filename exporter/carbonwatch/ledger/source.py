@@ -114,12 +114,21 @@ class Source:
         return out
 
     def oldest(self, now: float, horizon: float = 5 * 365 * 86400.0, precision: float = 3600.0) -> float | None:
-        """About when the server's data of the counters begins (never later than it does): a binary search
-        of the series index. None when the server holds none of them."""
+        """About when the server's data of the counters begins (never later than it does): the oldest
+        30-day window back to `horizon` whose series index holds them, then a binary search inside it. Every
+        question spans at most 30 days: VictoriaMetrics answers a wider one from its global index (every
+        series it ever held, whatever the range), which would drag the start back to the horizon."""
         match = "{__name__=~\"carbonwatch_run_energy_joules_total|carbonwatch_energy_joules_total\"}"
-        lo, hi = now - horizon, now
-        if not self.prom.series(match, lo, hi):
+        window = 30 * 86400.0
+        found = None
+        hi = now
+        while hi > now - horizon:  # every window: a month without data may sit between older data and now
+            if self.prom.series(match, hi - window, hi):
+                found = hi
+            hi -= window
+        if found is None:
             return None
+        lo, hi = found - window, found
         while hi - lo > precision:  # invariant: data exists in [lo, hi]; find the earliest hi
             mid = (lo + hi) / 2
             if self.prom.series(match, lo, mid):
