@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,14 +61,23 @@ class Ledger:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for fam in text_string_to_metric_families(text) for s in fam.samples}
 
-    def cursor(self) -> float:
-        found = [v for (n, _), v in self.metrics().items() if n == "carbonwatch_ledger_synced_until_timestamp_seconds"]
+    def gauge(self, name: str) -> float:
+        found = [v for (n, _), v in self.metrics().items() if n == name]
         return found[0] if found else 0.0
 
+    def cursor(self) -> float:
+        return self.gauge("carbonwatch_ledger_synced_until_timestamp_seconds")
+
     def wait_synced(self, until: float, timeout: float = 120) -> float:
-        """Until the cursor passed `until` (Unix s); the cursor."""
-        return float(eventually(lambda: self.alive() and (c := self.cursor()) >= until and c, timeout,
-                                f"ledger cursor past {until}", every=0.5))
+        """Until the cursor passed `until` (Unix s) and /metrics shows it: the snapshot is refreshed after a
+        whole sync, so two more syncs must have ended. The cursor."""
+        cursor = float(eventually(lambda: self.alive() and (c := self.cursor()) >= until and c, timeout,
+                                  f"ledger cursor past {until}", every=0.5))
+        for _ in range(2):
+            last = self.gauge("carbonwatch_ledger_last_sync_timestamp_seconds")
+            eventually(lambda last=last: self.gauge("carbonwatch_ledger_last_sync_timestamp_seconds") > last,
+                       60, "one more sync", every=0.2)
+        return cursor
 
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything."""
@@ -83,9 +93,8 @@ class Ledger:
 class Postgres:
     """A throwaway PostgreSQL cluster under `tmp`, owned and run by an unprivileged user when we are root."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.dir = tmp / "pg"
-        self.dir.mkdir()
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="carbonwatch-pg-"))  # pytest's are closed to other users
         self.port = free_port()
         self.user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
@@ -113,7 +122,10 @@ class Postgres:
         return f"postgresql://ledger@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+        try:
+            self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class VictoriaMetrics:

@@ -136,10 +136,10 @@ def prometheus(faults: lf.Fleet, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     if not Path("/usr/lib/postgresql/15/bin/initdb").exists():
         pytest.skip("PostgreSQL 15 not installed")
-    pg = Postgres(tmp_path_factory.mktemp("pg"))
+    pg = Postgres()
     yield pg
     pg.stop()
 
