@@ -8,8 +8,8 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
