@@ -43,7 +43,7 @@ def test_thirty_days_exact_after_prometheus_forgot_half(tmp_path: Path) -> None:
         # the TSDB really forgot the first half (blocks past the retention are deleted when loaded)
         assert holds_day(prom, fleet.end), "Prometheus lost the last day"
         eventually(lambda: not holds_day(prom, fleet.start + 2 * lf.DAY), 60, "Prometheus dropped the first days")
-        ledger.args = ["--sync.chunk", "1d"]
+        ledger.args, ledger.source = ["--sync.chunk", "1d"], prom.url
         ledger.start()
         ledger.wait_synced(fleet.end + 1, timeout=180)
         Check("30 days over a 15-day TSDB", ledger, fleet).all()
