@@ -213,7 +213,8 @@ def test_down_two_hours_catches_up(faults: lf.Fleet, prometheus: Prometheus, tmp
     behind = f"{int(time.time() - (faults.end - 2.5 * lf.HOUR))}s"
     ledger = Ledger(tmp_path, prometheus.url, f"sqlite:///{tmp_path / 'ledger.db'}", ["--sync.delay", behind])
     try:
-        ledger.wait_synced(faults.end - 2.5 * lf.HOUR - 60, timeout=180)
+        held = ledger.wait_synced(faults.end - 2.5 * lf.HOUR - 60, timeout=180)
+        assert held < faults.end - 2 * lf.HOUR, "the delay did not hold the ledger back"
         ledger.stop()
         ledger.args = []
         ledger.start()
