@@ -20,6 +20,8 @@ done
 if [ "$mode" = test ]; then
   command -v prometheus-process-exporter >/dev/null 2>&1 || pkgs+=(prometheus-process-exporter)
   command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+  # PostgreSQL 15: the ledger's tests start a throwaway cluster (tests/ledger/postgres.py).
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
 fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

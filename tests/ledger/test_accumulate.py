@@ -89,3 +89,13 @@ def test_hours_and_spread():
     parts = spread(T0 + 1800, T0 + 1800 + 2 * H, 12.0)
     assert [h for h, _ in parts] == [T0, T0 + H, T0 + 2 * H]
     assert sum(p for _, p in parts) == pytest.approx(12.0)
+
+
+def test_a_tiny_fall_between_replicas_is_not_a_reset():
+    """Replica b's scrape began 1 ms after a's but was served a moment earlier: counting it as a reset would
+    add the whole counter again."""
+    state = SeriesState(1_000_000.0, T0 + 100, T0)
+    acc = accumulate(state, [(T0 + 100.001, 999_999.5), (T0 + 115, 1_000_030.0)], count_first=True)
+    assert total(acc) == pytest.approx(30.0) and not acc.resets
+    real = accumulate(state, [(T0 + 115, 900_000.0)], count_first=True)  # 10 % down: started again from 0
+    assert total(real) == pytest.approx(900_000.0) and len(real.resets) == 1

@@ -5,7 +5,8 @@ is v (what it held before stays counted) and a reset is recorded. Each delta goe
 when the previous sample is older than the gap limit (max(2 x the scrape interval, 60 s)) the delta is
 spread linearly over the gap's hours and marked estimated. A sample at or before the last one already
 counted is ignored, so re-reading an overlapping window, out-of-order answers and a second HA replica's
-copy count nothing twice.
+copy count nothing twice. A fall of less than 0.01 % is not a reset but two replicas' scrapes a moment out
+of order (each timestamped when its scrape began): that sample is skipped.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from dataclasses import dataclass, field
 
 HOUR = 3600
 MIN_GAP = 60.0  # seconds: a gap shorter than this is never an estimate
+JITTER = 1e-4  # a fall smaller than this fraction is two replicas' scrapes out of order, not a reset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeriesState:
     last_value: float
     last_time: float
     first_time: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reset:
     time: float
     value_before: float
@@ -106,6 +108,8 @@ def accumulate(state: SeriesState | None, samples: Iterable[tuple[float, float]]
         new = new[1:]
     for t, v in new:
         delta = v - state.last_value
+        if delta < 0 and v >= state.last_value * (1 - JITTER):
+            continue  # an HA pair's copy scraped a moment earlier than its timestamp says: nothing to add
         if delta < 0:
             out.resets.append(Reset(t, state.last_value, v))
             delta = v

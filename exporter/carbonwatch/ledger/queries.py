@@ -21,6 +21,7 @@ LIVE = 300.0  # a run without a pushed status is `running` while it had a sample
 RUN_SCOPES = ("user", "project", "model", "team")
 GROUPS = RUN_SCOPES + ("run", "zone", "node")
 MAX_LIMIT = 10000
+ENERGY = ("run_energy", "node_energy")  # the resets shown (emissions counters reset with them)
 rb, nb, runs = schema.run_buckets, schema.node_buckets, schema.runs
 
 
@@ -146,9 +147,9 @@ def quality(conn: Connection, run_id: str, run: dict[str, Any]) -> dict[str, Any
     est = conn.execute(select(rb.c.hour, func.sum(rb.c.estimated_joules)).where(
         rb.c.run_id == run_id, rb.c.estimated_joules > 0).group_by(rb.c.hour).order_by(rb.c.hour)).all()
     rs = schema.resets
+    q = select(rs).where(rs.c.run_id == run_id, rs.c.metric.in_(ENERGY)).order_by(rs.c.time)
     resets = [{"instance": x.instance, "component": x.component, "metric": x.metric, "time": x.time,
-               "value_before": x.value_before, "value_after": x.value_after}
-              for x in conn.execute(select(rs).where(rs.c.run_id == run_id).order_by(rs.c.time))]
+               "value_before": x.value_before, "value_after": x.value_after} for x in conn.execute(q)]
     notes = []
     if est:
         notes.append(f"{sum(e for _, e in est):.6g} J spread linearly over scrape gaps in {len(est)} hour(s)")
@@ -240,7 +241,7 @@ def _min_hour(conn: Connection) -> float:
 
 def export_runs(conn: Connection, start: float | None, end: float | None, cursor: float) -> list[dict[str, Any]]:
     """One row per run with energy in [start, end): labels, status, times, energy, emissions, cost."""
-    ids = [r[0] for r in conn.execute(select(distinct(rb.c.run_id)).where(*_hours(start, end)))]
+    ids = [r[0] for r in conn.execute(select(rb.c.run_id).distinct().where(*_hours(start, end)))]
     tot = totals(conn, ids, start, end)
     out: list[dict[str, Any]] = []
     for i in range(0, len(ids), 500):

@@ -45,14 +45,15 @@ series = Table(
     Column("first_time", Float, nullable=False),
 )
 
-_BUCKET = (
-    Column("hour", BigInteger, nullable=False),  # Unix seconds of the hour's start (UTC)
-    Column("energy_joules", Float, nullable=False, default=0.0),
-    Column("emissions_grams", Float, nullable=False, default=0.0),
-    Column("estimated_joules", Float, nullable=False, default=0.0),  # the part spread over a scrape gap
-    Column("estimated_grams", Float, nullable=False, default=0.0),
-    Column("cost", Float, nullable=False, default=0.0),  # energy x the zone's price when it was synced
-)
+def _bucket() -> tuple[Column[int] | Column[float], ...]:
+    return (
+        Column("hour", BigInteger, nullable=False),  # Unix seconds of the hour's start (UTC)
+        Column("energy_joules", Float, nullable=False, default=0.0),
+        Column("emissions_grams", Float, nullable=False, default=0.0),
+        Column("estimated_joules", Float, nullable=False, default=0.0),  # the part spread over a scrape gap
+        Column("estimated_grams", Float, nullable=False, default=0.0),
+        Column("cost", Float, nullable=False, default=0.0),  # energy x the zone's price when it was synced
+    )
 
 run_buckets = Table(
     "run_buckets", metadata,
@@ -60,7 +61,7 @@ run_buckets = Table(
     Column("instance", String(300), nullable=False),
     Column("component", String(50), nullable=False),
     Column("zone", String(100), nullable=False),
-    *(c.copy() for c in _BUCKET),
+    *_bucket(),
     PrimaryKeyConstraint("run_id", "instance", "component", "zone", "hour"),
 )
 
@@ -69,7 +70,7 @@ node_buckets = Table(
     Column("instance", String(300), nullable=False),
     Column("component", String(50), nullable=False),
     Column("zone", String(100), nullable=False),
-    *(c.copy() for c in _BUCKET),
+    *_bucket(),
     PrimaryKeyConstraint("instance", "component", "zone", "hour"),
 )
 

@@ -35,6 +35,7 @@ class Snapshot:
     estimated: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     computed_at: float = 0.0
+    cursor: float | None = None  # what the figures include: /metrics serves it as the cursor
 
 
 def period_starts(cursor: float) -> dict[str, int]:
@@ -49,7 +50,7 @@ def period_starts(cursor: float) -> dict[str, int]:
 
 
 def compute(engine: Engine, cursor: float, window: float) -> Snapshot:
-    snap = Snapshot(computed_at=time.time())
+    snap = Snapshot(computed_at=time.time(), cursor=cursor)
     with engine.connect() as conn:
         live = conn.execute(select(runs).where(func.coalesce(runs.c.end, runs.c.last_seen) >= cursor - window)).all()
         ids = [r.run_id for r in live]
@@ -62,7 +63,8 @@ def compute(engine: Engine, cursor: float, window: float) -> Snapshot:
         snap.scopes = _scopes(conn, cursor)
         rs = schema.resets
         snap.resets = {r[0]: (int(r[1]), float(r[2])) for r in conn.execute(
-            select(rs.c.instance, func.count(), func.max(rs.c.time)).group_by(rs.c.instance))}
+            select(rs.c.instance, func.count(), func.max(rs.c.time)).where(rs.c.metric.in_(queries.ENERGY))
+            .group_by(rs.c.instance))}
         for table in (rb, nb):  # node counters where there are, else the runs' (node energy includes them)
             snap.estimated.update({r[0]: float(r[1] or 0.0) for r in conn.execute(
                 select(table.c.instance, func.sum(table.c.estimated_joules)).group_by(table.c.instance))})
@@ -135,9 +137,9 @@ class LedgerCollector(Collector):
 
     def _health(self, s: Snapshot) -> Iterator[Metric]:
         h = self.health
-        simple = {"carbonwatch_ledger_synced_until_timestamp_seconds": h.cursor,
+        simple = {"carbonwatch_ledger_synced_until_timestamp_seconds": s.cursor,
                   "carbonwatch_ledger_last_sync_timestamp_seconds": h.last_sync,
-                  "carbonwatch_ledger_sync_lag_seconds": None if h.cursor is None else time.time() - h.cursor,
+                  "carbonwatch_ledger_sync_lag_seconds": None if s.cursor is None else time.time() - s.cursor,
                   "carbonwatch_ledger_sync_duration_seconds": h.duration,
                   "carbonwatch_ledger_schema_version": float(self.schema_version)}
         for name, value in simple.items():

@@ -35,10 +35,13 @@ LATEST = {  # metadata read as its latest value in the window
     "price": "carbonwatch_electricity_price_per_kwh",
 }
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus_replica")
-EXTRA = {"nocache": "1"}  # VictoriaMetrics: bypass the rollup result cache (ignored elsewhere)
+WINDOW = 30 * 86400.0  # the longest range VictoriaMetrics answers from its per-day index
+# VictoriaMetrics: no rollup cache and no latency offset; Thanos: an error rather than a partial answer (a store
+# that is down must not let the cursor pass the samples it holds). Other servers ignore both.
+EXTRA = {"nocache": "1", "partial_response": "false"}
 
 
-@dataclass
+@dataclass(slots=True)
 class RawSeries:
     key: str
     kind: str  # a COUNTERS key
@@ -48,7 +51,7 @@ class RawSeries:
     samples: list[tuple[float, float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Latest:
     labels: dict[str, str]
     value: float
@@ -96,40 +99,43 @@ class Source:
         return [s for _, s in chosen.values() if s.samples]
 
     def latest(self, start: float, end: float) -> dict[str, list[Latest]]:
-        """The latest value of each metadata series in (start, end]."""
-        out: dict[str, list[Latest]] = {}
-        rng = duration_ms(end - start)
-        for what, name in LATEST.items():
-            result = self.prom.query(f"last_over_time({name}[{rng}])", end, EXTRA)
-            rows = []
-            for entry in result:
-                try:
-                    value = float(entry["value"][1])
-                except (KeyError, TypeError, ValueError, IndexError):
-                    raise NetworkError(f"{self.prom.what}: {self.prom.url} answered a value that is not "
-                                       f"[time, value] for {name}") from None
-                labels = {k: v for k, v in (entry.get("metric") or {}).items() if k not in self.replica_labels}
-                rows.append(Latest(labels, value))
-            out[what] = rows
+        """The latest value of each metadata series in (start, end], from one raw query of them all."""
+        names = {name: what for what, name in LATEST.items()}
+        expr = "{__name__=~\"" + "|".join(LATEST.values()) + "\"}[" + duration_ms(end - start) + "]"
+        newest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, Latest]] = {}
+        for entry in self.prom.raw(expr, end, EXTRA):
+            labels = dict(entry.get("metric") or {})
+            what = names.get(labels.pop("__name__", ""))
+            try:
+                t, value = max((float(t), float(v)) for t, v in entry["values"])
+            except (KeyError, TypeError, ValueError):
+                raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
+                                   "[time, value] pairs for the run and node metadata") from None
+            if what is None or t <= start:
+                continue
+            key = (what, self.identity(labels))
+            if key not in newest or t > newest[key][0]:
+                newest[key] = (t, Latest({k: v for k, v in labels.items() if k not in self.replica_labels}, value))
+        out: dict[str, list[Latest]] = {what: [] for what in LATEST}
+        for (what, _), (_, row) in newest.items():
+            out[what].append(row)
         return out
 
     def oldest(self, now: float, horizon: float = 5 * 365 * 86400.0, precision: float = 3600.0) -> float | None:
-        """About when the server's data of the counters begins (never later than it does): the oldest
-        30-day window back to `horizon` whose series index holds them, then a binary search inside it. Every
-        question spans at most 30 days: VictoriaMetrics answers a wider one from its global index (every
-        series it ever held, whatever the range), which would drag the start back to the horizon."""
+        """About when the server's data of the counters begins (never later than it does), from its series
+        index: the oldest 30-day window holding any (VictoriaMetrics answers a longer range from its global
+        index, whatever the times), then a binary search inside it. None when the server holds none."""
         match = "{__name__=~\"carbonwatch_run_energy_joules_total|carbonwatch_energy_joules_total\"}"
-        window = 30 * 86400.0
-        found = None
-        hi = now
-        while hi > now - horizon:  # every window: a month without data may sit between older data and now
-            if self.prom.series(match, hi - window, hi):
-                found = hi
-            hi -= window
-        if found is None:
+        oldest_window = None
+        end = now
+        while end > now - horizon:  # every window, so a month without data does not hide older data
+            if self.prom.series(match, end - WINDOW, end):
+                oldest_window = end
+            end -= WINDOW
+        if oldest_window is None:
             return None
-        lo, hi = found - window, found
-        while hi - lo > precision:  # invariant: data exists in [lo, hi]; find the earliest hi
+        lo, hi = oldest_window - WINDOW, oldest_window
+        while hi - lo > precision:  # invariant: no data in [oldest_window - WINDOW, lo), data in [lo, hi]
             mid = (lo + hi) / 2
             if self.prom.series(match, lo, mid):
                 hi = mid

@@ -25,7 +25,7 @@ RUN_FIELDS = ("user", "project", "model", "team", "status", "label_origin", "sta
 CHUNK_PARAMS = 500  # ids per IN (...) list
 
 
-@dataclass
+@dataclass(slots=True)
 class SeriesRow:
     kind: str
     run_id: str

@@ -162,6 +162,8 @@ class Syncer:
         cursor = self.health.cursor
         if cursor is None:
             cursor = self.initial_cursor(until)
+            if cursor >= until:  # the server holds none of the counters yet: start from now
+                self.health.cursor = until
         while cursor < until:
             end = min(until, cursor + self.chunk_length())
             try:
