@@ -1,15 +1,11 @@
-"""Real processes for the ledger scenarios: the ledger itself (`carbonwatch ledger serve`), a throwaway
-PostgreSQL cluster, and VictoriaMetrics. Each lives in a temporary directory and is stopped by its owner."""
+"""Real processes for the ledger scenarios: the ledger itself (`carbonwatch ledger serve`) and VictoriaMetrics
+(PostgreSQL: tests/ledger/postgres.py). Each lives in a temporary directory and is stopped by its owner."""
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +14,6 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import eventually, free_port, http_ok, stop_process
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 class Ledger:
@@ -88,44 +82,6 @@ class Ledger:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster under `tmp`, owned and run by an unprivileged user when we are root."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="carbonwatch-pg-"))  # pytest's are closed to other users
-        self.port = free_port()
-        self.user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, self.user)
-        self._as_user([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-U", "ledger", "--auth=trust",
-                       "-E", "UTF8", "--no-sync"])
-        self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
-                       "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
-        self.url = f"postgresql://ledger@127.0.0.1:{self.port}/postgres"
-
-    def _as_user(self, cmd: list[str]) -> None:
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
-        if r.returncode:
-            raise AssertionError(f"{cmd[-1]} failed: {r.stdout}{r.stderr}")
-
-    def database(self, name: str) -> str:
-        """A fresh database; its URL."""
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=ledger dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://ledger@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        try:
-            self._as_user([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class VictoriaMetrics:
