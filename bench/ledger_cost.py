@@ -188,8 +188,10 @@ def month_database(url: str, nodes: int, runs: int, seed: int = 1) -> tuple[floa
             batch.runs[run_id] = {"user": f"user{j % 200:03d}", "project": f"proj{j % 40:02d}", "model": f"m{j % 25}",
                                   "team": f"t{j % 10}", "label_origin": "client", "status": "succeeded",
                                   "budget_grams": 100000.0}
+    previous = None
     for day in sorted(batches):
-        store.commit(engine, batches[day], now)
+        store.commit(engine, batches[day], now, previous=previous)
+        previous = batches[day].until
     engine.dispose()
     return start, end
 
