@@ -82,8 +82,16 @@ def spread(t0: float, t1: float, delta: float) -> list[tuple[int, float]]:
 
 def clean(samples: Sequence[tuple[float, float]], after: float) -> list[tuple[float, float]]:
     """Samples after `after`, sorted by time, one per timestamp (the first answer wins)."""
-    if all(a[0] < b[0] for a, b in zip(samples, samples[1:], strict=False)):  # as servers answer
-        return [s for s in samples if s[0] > after]
+    out = []
+    last = after
+    for s in samples:  # in order, as servers answer: one pass
+        if s[0] > last:
+            out.append(s)
+            last = s[0]
+        elif s[0] > after:  # out of order or repeated
+            break
+    else:
+        return out
     seen: dict[float, float] = {}
     for t, v in samples:
         if t > after and t not in seen:

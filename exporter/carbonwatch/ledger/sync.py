@@ -81,7 +81,8 @@ def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: s
                              "metric": series.kind, "time": r.time, "value_before": r.value_before,
                              "value_after": r.value_after})
     if run:
-        first = min(t for t, _ in series.samples if not held or t > held.state.last_time)
+        after = held.state.last_time if held else float("-inf")
+        first = min([t for t, _ in series.samples if t > after])
         prev = held.state.last_time if held and first - held.state.last_time <= SEGMENT_GAP \
             and not acc.resets else None
         t0, t1, p = batch.seen.get((series.run_id, series.instance), (first, acc.state.last_time, prev))
@@ -119,11 +120,14 @@ class Syncer:
 
     def __init__(self, engine: Engine, source: Source, delay: float = 15.0, chunk: float = 3600.0,
                  start: float | None = None, clock: Callable[[], float] = time.time,
-                 hook: Hook | None = None) -> None:
+                 hook: Hook | None = None, progress: Callable[[], None] | None = None,
+                 progress_every: float = 30.0) -> None:
         self.engine, self.source = engine, source
         self.delay, self.chunk, self.start = delay, chunk, start
         self.clock = clock
         self.hook = hook
+        self.progress, self.progress_every = progress, progress_every  # called now and then in a long catch-up
+        self._progressed = time.monotonic()
         self.stored = store.load_cursor(engine)  # the cursor as the database holds it
         self.health = Health(cursor=self.stored, ready=True)
         self.states = store.load_states(engine)
@@ -185,6 +189,10 @@ class Syncer:
                          end - cursor, self.cap)
                 continue
             cursor = end
+            if self.progress is not None and cursor < until and \
+                    time.monotonic() - self._progressed >= self.progress_every:
+                self.progress()  # e.g. /metrics shows how far a catch-up got
+                self._progressed = time.monotonic()
 
     def window(self, start: float, end: float) -> None:
         latest = self.source.latest(start, end)
