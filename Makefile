@@ -1,25 +1,30 @@
 # Each target does its own set-up first, so a fresh Debian machine needs nothing else.
 PY := .venv/bin/python
-BIN := $(HOME)/.local/bin
 
-.PHONY: setup path demo test lint bench docs dashboards clean
+.PHONY: setup path demo check test lint bench docs dashboards clean
 
 setup:
 	scripts/setup.sh
 	@$(MAKE) --no-print-directory path
 
-# `carbonwatch` on PATH: a link in ~/.local/bin (on PATH in Debian's default ~/.profile) to this checkout's.
+# `carbonwatch` on PATH: a link where the PATH already looks (~/.local/bin, ~/bin or /usr/local/bin), else the
+# exact path to run.
 path:
-	@mkdir -p $(BIN) && ln -sfn $(CURDIR)/.venv/bin/carbonwatch $(BIN)/carbonwatch
-	@case ":$$PATH:" in \
-	  *":$(BIN):"*) echo "path: carbonwatch is on PATH ($(BIN)/carbonwatch -> $(CURDIR)/.venv/bin/carbonwatch)";; \
-	  *) echo "path: linked $(BIN)/carbonwatch; $(BIN) is not on PATH in this shell, add it with:"; \
-	     echo '  export PATH="$$HOME/.local/bin:$$PATH"';; \
-	esac
+	@scripts/path.sh
 
 demo: setup
 	$(PY) -m carbonwatch.stack.demo
 
+# The fast tier (under a minute on 2 cores): unit tests without binaries or training (two pytest workers),
+# and promtool's rule tests beside them.
+check:
+	scripts/setup.sh test
+	@rules=$$(mktemp); (cd tests/rules && promtool test rules *.test.yml) >$$rules 2>&1 & pid=$$!; \
+	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider; py=$$?; \
+	wait $$pid; pr=$$?; echo "promtool test rules tests/rules/*.test.yml:"; cat $$rules; rm -f $$rules; \
+	[ $$py -eq 0 ] && [ $$pr -eq 0 ]
+
+# The whole suite, real Prometheus-stack binaries and training included (about 15 minutes on 2 cores).
 test:
 	scripts/setup.sh test
 	$(PY) -m pytest -q

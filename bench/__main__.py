@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["exporter_cost", "client_overhead", "nvml_cost", "rules_accuracy", "rules_cost"]
+ORDER = ["exporter_cost", "client_overhead", "nvml_cost", "rules_accuracy", "rules_cost", "ledger_cost"]
 
 
 def main() -> int:

@@ -102,9 +102,8 @@ def main() -> int:
     try:
         fake = {"gpus": 8, "watts": [300, 250, 200, 150, 100, 80, 60, 50],
                 "processes": [{"gpu": i, "pid": sleepers[i * 10].pid, "sm_util": 50} for i in range(8)]}
-        exp = start_exporter(tmp, {"sample_interval": "1s", "gpu": {"nvml_module": "tests.fakes.fake_nvml"},
-                                   "collectors": {"intensity": False}},
-                             env={"CARBONWATCH_FAKE_NVML": json.dumps(fake)})
+        exp = start_exporter(tmp, {"sample_interval": "1s", "collectors": {"intensity": False}},
+                             env={"CARBONWATCH_FAKE_NVML": json.dumps(fake)}, nvml="tests.fakes.fake_nvml")
         pids = {"carbonwatch": exp.proc.pid}
         scrape = {"carbonwatch": exp.url}
         pe_bin = shutil.which("prometheus-process-exporter") or shutil.which("process-exporter")

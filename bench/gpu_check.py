@@ -42,7 +42,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from carbonwatch.node.sources import pidns
-from carbonwatch.node.sources.nvml import NvmlSource, _field_number
+from carbonwatch.node.sources.nvml import NvmlSource, field_number
+from tests.fakes import exporter as fake_exporter
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ class Gpu:
     def fields(self) -> tuple[float, float | None, float | None]:
         """(counter J, averaged W, instant W) from one call."""
         vals = self.nvml.nvmlDeviceGetFieldValues(self.handle, [FI_ENERGY, FI_AVG, FI_INSTANT])
-        out = [_field_number(v) / 1000.0 if int(v.nvmlReturn) == 0 else None for v in vals]
+        out = [field_number(v) / 1000.0 if int(v.nvmlReturn) == 0 else None for v in vals]
         if out[0] is None:
             raise RuntimeError("the energy field is not served on this GPU")
         return out[0], out[1], out[2]
@@ -239,7 +240,6 @@ def main() -> None:
         procs_file.write_text("[]")
         fake = {"gpus": 1, "watts": 300, "processes_file": str(procs_file)}
         env["CARBONWATCH_FAKE_NVML"] = os.environ["CARBONWATCH_FAKE_NVML"] = json.dumps(fake)
-        config["gpu"] = {"nvml_module": "tests.fakes.fake_nvml"}
         nvml = importlib.import_module("tests.fakes.fake_nvml")
     else:
         nvml = importlib.import_module("pynvml")
@@ -263,8 +263,10 @@ def main() -> None:
     cfg.write_text(yaml.safe_dump(config))
     port = free_port()
     log = open(out_dir / "gpu_check_exporter.log", "w")
+    # the fake NVML reaches the exporter through its constructors (tests/fakes/exporter.py); a real GPU, pynvml
+    start = fake_exporter.command() if a.fake else [sys.executable, "-m", "carbonwatch", "exporter"]
     exporter = subprocess.Popen(
-        [sys.executable, "-m", "carbonwatch", "exporter", "--config.file", str(cfg), "--web.listen-address",
+        [*start, "--config.file", str(cfg), "--web.listen-address",
          f"127.0.0.1:{port}", "--storage.path", str(tmp / "state"), "--sample-interval", "1s"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/metrics"

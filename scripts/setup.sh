@@ -42,17 +42,46 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 py=.venv/bin/python
+# Installed distributions, by name (importing keras would need TensorFlow, importing torch takes seconds).
+have() { $py - "$@" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+try:
+    for name in sys.argv[1:]:
+        distribution(name)
+except PackageNotFoundError:
+    sys.exit(1)
+PY
+}
+# carbonwatch and every dependency pyproject.toml names now (runtime, plus the `test` extra for tests):
+# `pip install -e` only when one of them is missing.
+have_project() { $py - "$@" <<'PY'
+import re
+import sys
+import tomllib
+from importlib.metadata import PackageNotFoundError, distribution
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = ["carbonwatch", *project.get("dependencies", [])]
+for extra in sys.argv[1:]:
+    wanted += project.get("optional-dependencies", {}).get(extra, [])
+try:
+    for req in wanted:
+        distribution(re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0])
+except PackageNotFoundError:
+    sys.exit(1)
+PY
+}
 if [ "$mode" = test ]; then
-  $py -m pip install -q --disable-pip-version-check -e '.[test]'
+  have_project test || $py -m pip install -q --disable-pip-version-check -e '.[test]'
   # CPU build of PyTorch for the end-to-end training tests (installed from local disk where offered).
-  $py -c 'import torch' 2>/dev/null || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
+  have torch || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
     || echo "setup: torch==2.13.0 not installable here; training tests will be skipped"
   # The frameworks whose callbacks we ship, so their tests run against the real packages.
-  $py -c 'import lightning, transformers, accelerate, keras' 2>/dev/null \
+  have lightning transformers accelerate keras \
     || $py -m pip install -q --disable-pip-version-check 'torch==2.13.0' 'lightning==2.6.6' 'transformers==5.23.0' \
          'accelerate==1.15.0' 'keras==3.15.1' \
     || echo "setup: framework packages not installable here; their callback tests will be skipped"
 else
-  $py -m pip install -q --disable-pip-version-check -e .
+  have_project || $py -m pip install -q --disable-pip-version-check -e .
 fi
 echo "setup: ready ($($py -c 'import carbonwatch; print("carbonwatch", carbonwatch.__version__)'))"

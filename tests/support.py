@@ -97,20 +97,21 @@ class Prometheus:
         return cls.serving(tmp, tmp / "data")
 
     @classmethod
-    def serving(cls, tmp: Path, tsdb: Path) -> Prometheus:
+    def serving(cls, tmp: Path, tsdb: Path, args: Sequence[str] = ()) -> Prometheus:
+        """Serve `tsdb`; `args`: more Prometheus flags (e.g. a retention)."""
         self = cls.__new__(cls)
         (tmp / "prometheus.yml").write_text("global: {}\n")
-        self._start(tmp, tsdb)
+        self._start(tmp, tsdb, args)
         return self
 
-    def _start(self, tmp: Path, tsdb: Path) -> None:
+    def _start(self, tmp: Path, tsdb: Path, args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "prometheus.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tsdb}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
+                 f"--web.listen-address=127.0.0.1:{self.port}", *args], stdout=log, stderr=subprocess.STDOUT)
         try:
             eventually(lambda: self.proc.poll() is None and http_ok(self.url + "/-/ready"), 60, "prometheus ready")
         except AssertionError:

@@ -15,6 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 COMPONENTS = ("gpu", "cpu", "memory")
 JOULES_PER_KWH = 3.6e6
 RUN_LABELS = ("user", "project", "model", "team")  # what a run's info series names besides run_id
+# One schema for carbonwatch_run_info, whoever publishes it: the exporters (origin: how the run's processes were
+# found; host and status "") and the run client (origin "client"; host and status its own).
+RUN_INFO_LABELS = ("run_id", "origin", *RUN_LABELS, "host", "status")
+ORIGIN_CLIENT = "client"
+ORIGINS = ("env", "registration", "kubernetes", "slurm")  # the exporters' origins
 PUSH_JOB = "carbonwatch_run"  # the Pushgateway job of the run client's groups (grouping key run_id)
 EXPORTER_JOB = "carbonwatch"  # the scrape job of the node exporters
 
@@ -85,9 +90,10 @@ SPECS: tuple[Spec, ...] = (
          "Emissions of a training run on this node, g CO2e: each sample's energy priced at the node zone's "
          "intensity at that sample (sum of dE x I(t)). Same life as the run's energy counter.",
          "attribution x `carbonwatch_node_intensity_grams_per_kwh`"),
-    Spec("carbonwatch_run_info", "gauge", ("run_id", "origin", "user", "project", "model", "team"),
+    Spec("carbonwatch_run_info", "gauge", RUN_INFO_LABELS,
          "A run this node measures, value 1, with the labels the node knows (\"\" where unknown) and how its "
-         "processes were found (`origin`: env, registration, parent, kubernetes, slurm).",
+         "processes were found (`origin`: env, registration, kubernetes, slurm); host and status are the run "
+         "client's (\"\" here).",
          "process environment, registrations, pod labels, SLURM"),
     Spec("carbonwatch_run_source_info", "gauge", ("run_id", "component", "source"),
          "Where a run's energy on this node came from, per component, value 1: the weakest source any of its "
@@ -150,12 +156,17 @@ SPECS: tuple[Spec, ...] = (
 
 # What the run client pushes to the Pushgateway (job carbonwatch_run, grouping key run_id).
 PUSHED: tuple[Spec, ...] = (
-    Spec("carbonwatch_run_info", "gauge", ("run_id", "user", "model", "project", "team", "host", "status"),
-         "Training run metadata and status (running, succeeded, failed, stopped); value 1.", "the run client"),
-    Spec("carbonwatch_run_start_time_seconds", "gauge", ("run_id",), "Run start, Unix time in seconds.",
+    Spec("carbonwatch_run_info", "gauge", RUN_INFO_LABELS,
+         "Training run metadata and status (running, succeeded, failed, stopped), origin \"client\"; value 1.",
          "the run client"),
+    Spec("carbonwatch_run_start_time_seconds", "gauge", ("run_id",),
+         "Run start (of its first segment when resumed), Unix time in seconds.", "the run client"),
     Spec("carbonwatch_run_end_time_seconds", "gauge", ("run_id",), "Run end, Unix time in seconds.",
          "the run client"),
+    Spec("carbonwatch_run_segment", "gauge", ("run_id",),
+         "Current segment of the run: 1, plus one per `--resume` / resume=True.", "the run client"),
+    Spec("carbonwatch_run_segment_start_time_seconds", "gauge", ("run_id",),
+         "Start of the run's current segment, Unix time in seconds.", "the run client"),
     Spec("carbonwatch_run_budget_grams", "gauge", ("run_id",), "Carbon budget of the run, grams CO2e.",
          "the run client"),
     Spec("carbonwatch_run_last_push_time_seconds", "gauge", ("run_id",),

@@ -10,7 +10,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 6048
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 
-def parse_duration(value: str | float | int, what: str = "duration") -> float:
+def parse_duration(value: object, what: str = "duration") -> float:
     """Seconds in `value`. A bare number is seconds. Raises ConfigError naming `what`."""
     if isinstance(value, bool):
         raise ConfigError(f"{what}: expected a duration such as 15s or 5m, got {value!r}")

@@ -195,6 +195,7 @@ def groups(files: SecureFiles, url: str) -> list[dict[str, Any]]:
 
 
 @needs_pushgateway
+@pytest.mark.slow  # a real Pushgateway behind TLS
 def test_pushes_reach_a_pushgateway_behind_tls_and_basic_auth(
     secure_gateway: tuple[SecureFiles, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,6 +218,7 @@ def test_pushes_reach_a_pushgateway_behind_tls_and_basic_auth(
 
 
 @needs_pushgateway
+@pytest.mark.slow  # a real Pushgateway behind TLS
 def test_wrong_password_or_unknown_ca_fail_with_a_clear_error_and_no_secret(
     secure_gateway: tuple[SecureFiles, str], caplog: pytest.LogCaptureFixture
 ) -> None:

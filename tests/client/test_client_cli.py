@@ -20,6 +20,8 @@ import pytest
 
 from tests.client.test_client_pushgateway import BINARY, Gateway, free_port, one, wait_for
 
+pytestmark = pytest.mark.slow  # `carbonwatch run` processes, some with a real Pushgateway
+
 PY = sys.executable
 
 
@@ -28,19 +30,6 @@ def cw(*args: str, env: dict[str, str] | None = None, **kw: object) -> subproces
         [PY, "-m", "carbonwatch", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         **kw,  # type: ignore[call-overload]
     )
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("CARBONWATCH_")}
-    e["CARBONWATCH_RUNS_FILE"] = str(tmp_path / "runs.jsonl")
-    e["CARBONWATCH_USER"] = "alice"
-    cfg = tmp_path / "cw.yml"
-    cfg.write_text("run:\n  push_interval: 0.1s\n  meter_interval: 0.2s\n  budget_interval: 0.2s\n  retention: 1s\n")
-    e["CARBONWATCH_CONFIG"] = str(cfg)
-    e["CARBONWATCH_SPOOL_DIR"] = str(tmp_path / "spool")  # no node exporter's heartbeat unless a test writes one
-    e["CARBONWATCH_STACK"] = "none"  # nor the stack settings file of the user running the tests
-    return e
 
 
 @pytest.fixture
@@ -303,14 +292,18 @@ def test_wait_below_starts_the_command_once_the_grid_is_clean_enough(env: dict[s
     env = dict(env, CARBONWATCH_CONFIG=str(cfg))
     p = cw("run", "--zone", "DE", "--wait-below", "100", "--poll", "0.1s", "--max-wait", "30s", "--", PY, "-c",
            f"import time; open({str(started)!r}, 'w').write(repr(time.time()))", env=env)
+    first = ""
     try:
-        time.sleep(1.0)
+        assert p.stderr is not None
+        while "waiting for" not in first and "starting" not in first:  # the first check, however late it comes
+            first = p.stderr.readline()
+            assert first, "carbonwatch run ended before it said it waits"
         assert not started.exists()  # still waiting at 400 g/kWh
-        time.sleep(0.05)
         values.write_text("DE: 50\n")
         cleaned = time.time()
     finally:
-        rc, _, err = finish(p, timeout=30)
+        rc, _, rest = finish(p, timeout=30)
+    err = first + rest
     assert rc == 0, err
     assert float(started.read_text()) >= cleaned
     assert "is 400 g/kWh (file), waiting for < 100" in err

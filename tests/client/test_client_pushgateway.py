@@ -311,8 +311,10 @@ def test_dead_gateway_run_ends_quickly_and_the_record_says_not_pushed(tmp_path: 
     assert rec["pushed"] is False and rec["samples"] == 100 and rec["status"] == "succeeded"
 
 
-def test_quotes_and_braces_in_a_label_stay_one_exact_label_value(gateway: Gateway, tmp_path: Path) -> None:
-    tricky = 'x"} carbonwatch_run_info{run_id="evil'
+def test_braces_in_a_label_stay_one_exact_label_value_and_quotes_are_refused(gateway: Gateway, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^model: .* quote"):
+        fast_run(gateway.url, tmp_path, run_id="r-quote", model='x"} carbonwatch_run_info{run_id="evil')
+    tricky = "x} carbonwatch_run_info{run_id=evil"
     with fast_run(gateway.url, tmp_path, run_id="r-quote", model=tricky, retention=60.0):
         s = wait_for(lambda: gateway.samples("r-quote").get("carbonwatch_run_info"), what="push")
     assert [lab["model"] for lab, _ in s] == [tricky]

@@ -1,6 +1,6 @@
 """A drop-in `pynvml` for a whole exporter: the real pynvml running on the C-library stub of `nvml_stub`.
 
-Load it by dotted path (`gpu.nvml_module: tests.fakes.fake_nvml`, with the repository root on `sys.path`).
+A whole exporter runs over it with `python -m tests.fakes.exporter` (the repository root on `sys.path`).
 Every attribute is pynvml's own (`nvmlInit`, `NVMLError`, `c_nvmlFieldValue_t`, ...); the first access
 installs a default `NvmlStub` under pynvml, set with `configure(...)` or, in a child process, from the
 environment variable CARBONWATCH_FAKE_NVML (JSON), e.g.

@@ -1,7 +1,8 @@
 """The env-configured fake NVML (tests/fakes/fake_nvml.py, `CARBONWATCH_FAKE_NVML`) with faults switched on and
 off from the test process while the exporter runs.
 
-Load it as `gpu.nvml_module: tests.faults.nvml_switch`. `CARBONWATCH_FAKE_NVML_FAULTS` names a JSON file, read
+Start the exporter over it with `python -m tests.fakes.exporter --nvml tests.faults.nvml_switch`.
+`CARBONWATCH_FAKE_NVML_FAULTS` names a JSON file, read
 again before each NVML call whenever it changed:
 
     {"lost": [1]}              GPU 1 falls off the bus (every call about it: NVML_ERROR_GPU_IS_LOST); the

@@ -31,7 +31,7 @@ from tests.exporter_proc import REPO, Exporter, start_exporter
 from tests.fakes.powercap import FakePowercap
 from tests.node.test_exporter_process import samples
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # real exporter processes, 5-30 s each
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 T = TypeVar("T")
@@ -278,15 +278,16 @@ def test_no_nvml_library_and_no_gpu_are_absent_not_failures(tmp_path):
     """No NVIDIA library (the real pynvml on a node without a driver) and a driver with no GPU: the gpu collector
     is `absent` with success 1, so nothing meets the degraded-alert condition (collector_success == 0), and CPU
     and memory count as usual."""
-    configs = {"fake_no_gpu": ({"nvml_module": "tests.fakes.fake_nvml"}, {"CARBONWATCH_FAKE_NVML": '{"gpus": 0}'})}
+    configs: dict[str, tuple[str | None, dict[str, str]]] = {
+        "fake_no_gpu": ("tests.fakes.fake_nvml", {"CARBONWATCH_FAKE_NVML": '{"gpus": 0}'})}
     if not _nvml_library_present():
-        configs["no_library"] = ({}, {})
+        configs["no_library"] = (None, {})
     exporters = {}
     try:
-        for name, (gpu, env) in configs.items():
+        for name, (nvml, env) in configs.items():
             (tmp_path / name).mkdir()
             exporters[name] = start_exporter(
-                tmp_path / name, base_config(tmp_path / name, collectors={"intensity": False}, gpu=gpu), env=env)
+                tmp_path / name, base_config(tmp_path / name, collectors={"intensity": False}), env=env, nvml=nvml)
         time.sleep(1.5)
         for name, exp in exporters.items():
             first = exp.scrape()
@@ -322,9 +323,9 @@ def test_a_gpu_lost_and_the_driver_gone_mid_run(tmp_path):
     faults = tmp_path / "faults.json"
     fake = {"gpus": 2, "watts": [100, 50]}
     exp = start_exporter(
-        tmp_path, base_config(tmp_path, collectors={"intensity": False},
-                              gpu={"nvml_module": "tests.faults.nvml_switch"}, sample_interval="200ms"),
-        env={"CARBONWATCH_FAKE_NVML": json.dumps(fake), "CARBONWATCH_FAKE_NVML_FAULTS": str(faults)})
+        tmp_path, base_config(tmp_path, collectors={"intensity": False}, sample_interval="200ms"),
+        env={"CARBONWATCH_FAKE_NVML": json.dumps(fake), "CARBONWATCH_FAKE_NVML_FAULTS": str(faults)},
+        nvml="tests.faults.nvml_switch")
     try:
         wait_for(lambda: "carbonwatch_gpu_info" in exp.scrape(), 10, "the fake GPUs")
         start = exp.scrape()
@@ -791,12 +792,11 @@ def test_repeated_kill_9_never_corrupts_the_state_and_loses_at_most_one_write_in
     is a baseline)."""
     import random
 
-    cfg = base_config(tmp_path, sample_interval="200ms", collectors={"intensity": False},
-                      gpu={"nvml_module": "tests.fakes.fake_nvml"})
+    cfg = base_config(tmp_path, sample_interval="200ms", collectors={"intensity": False})
     env = {"CARBONWATCH_FAKE_NVML": json.dumps({"gpus": 2, "watts": [100, 100]})}
     rng = random.Random(9)
     losses = []
-    exp = start_exporter(tmp_path, cfg, env=env)
+    exp = start_exporter(tmp_path, cfg, env=env, nvml="tests.fakes.fake_nvml")
     try:
         wait_for(lambda: "carbonwatch_gpu_energy_joules_total" in exp.scrape(), 10, "GPU energy")
         for _ in range(3):
@@ -804,7 +804,7 @@ def test_repeated_kill_9_never_corrupts_the_state_and_loses_at_most_one_write_in
             before, _ = _gpu_energy(exp.scrape())
             exp.proc.send_signal(signal.SIGKILL)
             exp.proc.wait()
-            exp = start_exporter(tmp_path, cfg, env=env)
+            exp = start_exporter(tmp_path, cfg, env=env, nvml="tests.fakes.fake_nvml")
             text = exp.scrape()
             assert 'carbonwatch_state_restore_status{status="restored"} 1.0' in text, text
             after, _ = _gpu_energy(text)

@@ -99,3 +99,11 @@ def test_a_tiny_fall_between_replicas_is_not_a_reset():
     assert total(acc) == pytest.approx(30.0) and not acc.resets
     real = accumulate(state, [(T0 + 115, 900_000.0)], count_first=True)  # 10 % down: started again from 0
     assert total(real) == pytest.approx(900_000.0) and len(real.resets) == 1
+
+
+def test_a_window_shorter_than_the_scrape_interval_uses_the_fleets_interval():
+    """At a 60-s scrape interval a 30-s window holds one sample per series: a 75-s spacing is no gap when
+    the fleet scrapes every 60 s (floor 120 s), and is one with the default floor."""
+    state = SeriesState(0.0, T0 + 100, T0)
+    assert estimated(accumulate(state, [(T0 + 175, 30.0)], count_first=True, floor=120.0)) == 0.0
+    assert estimated(accumulate(state, [(T0 + 175, 30.0)], count_first=True)) == pytest.approx(30.0)

@@ -156,3 +156,36 @@ def test_a_garbage_answering_server_is_counted_and_retried(tmp_path):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_chunks_shrink_when_the_server_refuses_too_many_samples(tmp_path):
+    """Prometheus with --query.max-samples=1500 refuses an hour of the scenario at once; the ledger halves
+    its chunk until the answers fit, and the totals stay exact."""
+    import shutil as _shutil
+
+    from tests.support import free_port, http_ok, stop_process
+
+    h = History(int(time.time()) // 60 * 60 - 3 * 3600).build()
+    (tmp_path / "p1").mkdir()
+    first = h.prometheus(tmp_path / "p1")  # writes the blocks
+    first.stop()
+    tsdb = tmp_path / "tsdb"
+    _shutil.copytree(tmp_path / "p1" / "data", tsdb)
+    (tmp_path / "prometheus.yml").write_text("global: {}\n")
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "w") as log:
+        prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tsdb}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--query.max-samples=1500"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        eventually(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready")
+        ledger = start_ledger(tmp_path, f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path / 'l.db'}",
+                              "--sync.interval", "1s")
+        try:
+            synced(ledger, h)
+            assert ledger.run(RUN).json()["energy_joules"] == pytest.approx(RUN_JOULES, rel=1e-9)
+            assert "refused" in ledger.log() and "too many" in ledger.log()
+        finally:
+            ledger.stop()
+    finally:
+        stop_process(prom)

@@ -46,7 +46,7 @@ def sync_window(engine, start: float, end: float, hook=None) -> None:
     raw, latest = window(start, end)
     batch = build_batch(start, end, raw, latest, store.load_states(engine), store.load_zones(engine),
                         store.load_prices(engine))
-    store.commit(engine, batch, end, hook or (lambda _: None))
+    store.commit(engine, batch, end, hook or (lambda _: None), previous=store.load_cursor(engine))
 
 
 def state(engine) -> tuple:
@@ -113,4 +113,50 @@ def test_run_metadata_client_labels_win_and_segments_per_node(database_url):
     assert run["currency"] == "EUR"
     assert {(s["instance"], s["start"]) for s in run["segments"]} == {("a:9860", T0), ("b:9860", T0)}
     assert {n["zone"] for n in run["nodes"]} == {"DE", "FR"}
+    engine.dispose()
+
+
+def test_day_rollups_equal_the_buckets_they_are_rebuilt_from(database_url):
+    """The day tables kept in each window's transaction are exactly what rebuilding them from the hour
+    buckets gives, and usage over whole days (rollups) equals usage over the same hours (buckets)."""
+    engine = db.connect(database_url)
+    for a, b in ((T0 - 1, T0 + 700), (T0 + 700, T0 + 3 * H), (T0 + 3 * H, T0 + 4 * H)):
+        sync_window(engine, a, b)
+
+    def days():
+        with engine.connect() as conn:
+            return [sorted(tuple(r) for r in conn.execute(select(t))) for t in (schema.run_days, schema.node_days)]
+
+    kept = days()
+    store.rebuild_days(engine)
+    rebuilt = days()
+    for k, r in zip(kept, rebuilt, strict=True):
+        assert [x[:3] for x in k] == [x[:3] for x in r]
+        assert [x[3:] for x in k] == [pytest.approx(x[3:]) for x in r]
+    day = T0 // 86400 * 86400
+    assert T0 - day >= H  # the data does not start on the day: whole-day and from-1-s ranges hold the same
+    with engine.connect() as conn:
+        for group in ("user", "zone", "run"):
+            whole = queries.usage(conn, group, "day", day, day + 86400)  # whole day: the rollups
+            hours = queries.usage(conn, group, "day", day + 1, day + 86400)  # not whole: the buckets
+            assert queries.usage(conn, group, "day", T0 + 1, day + 86400) == hours  # the hour holding `from`
+            assert [r["energy_joules"] for r in whole] == pytest.approx([r["energy_joules"] for r in hours])
+            assert [r["runs"] for r in whole] == [r["runs"] for r in hours]
+    engine.dispose()
+
+
+def test_a_second_writer_rolls_back_instead_of_counting_twice(database_url):
+    """Two ledgers on one database: the one whose cursor is stale finds it moved, and its window is rolled
+    back (the other's already counted those samples)."""
+    engine = db.connect(database_url)
+    sync_window(engine, T0 - 1, T0 + H)
+    raw, latest = window(T0 + H, T0 + 2 * H)
+    stale = build_batch(T0 + H, T0 + 2 * H, raw, latest, store.load_states(engine), {}, {})
+    sync_window(engine, T0 + H, T0 + 2 * H)  # the other ledger got there first
+    before = state(engine)
+    with pytest.raises(store.CursorMoved, match="only one `ledger serve` may write"):
+        store.commit(engine, stale, T0 + 2 * H, previous=T0 + H)
+    with pytest.raises(store.CursorMoved):
+        store.commit(engine, stale, T0 + 2 * H, previous=None)  # a first start against a used database
+    assert state(engine) == before
     engine.dispose()

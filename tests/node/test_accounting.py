@@ -8,8 +8,8 @@ import pytest
 from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity
 from carbonwatch.node.model import GpuProcessUse
+from carbonwatch.node.registration import Registration
 from carbonwatch.node.sampler import Sampler
-from carbonwatch.registration import Registration
 from tests.node.test_sampler import FakeGpus, FakeRapl, gpu
 from tests.node.test_sampler import make as make_sampler
 

@@ -13,6 +13,8 @@ import pytest
 from tests.exporter_proc import start_exporter
 from tests.node.test_exporter_process import BUSY, _children, samples
 
+pytestmark = pytest.mark.slow  # real exporter processes
+
 CONFIG = {
     "zone": "DE", "sample_interval": "200ms", "cpu": {"source": "model", "tdp_watts": 100},
     "collectors": {"gpu": False}, "storage": {"interval": "500ms"},

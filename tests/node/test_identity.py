@@ -13,8 +13,8 @@ import carbonwatch.node.sampler as sampler_mod
 import tests.node.test_sampler as sampler_tests
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.identity import ContainerRef, ProcessIdentity, Resolver, RunIdentity, build_resolver, run_infos
+from carbonwatch.node.registration import Registration
 from carbonwatch.node.sources.procs import ProcScanner
-from carbonwatch.registration import Registration
 from tests.fleetfakes import FakeKubelet, FleetProc, k8s_path, pod, v1, v2
 
 NS = "vision"
@@ -332,6 +332,7 @@ def test_run_infos_one_per_run_with_the_naming_origin_and_every_known_label():
 # -- bounded caches -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 20-30 s of churn
 def test_caches_stay_bounded_under_a_thousand_short_pods_and_jobs(env, kubelet):
     proc, scanner, resolver, clock = env
     sizes = []
@@ -361,6 +362,7 @@ def test_caches_stay_bounded_under_a_thousand_short_pods_and_jobs(env, kubelet):
     assert sizes[-1][0] < 1000  # far fewer than the 2,000 processes that came and went
 
 
+@pytest.mark.slow  # 20-30 s of churn
 def test_the_sampler_keeps_container_and_run_series_bounded_under_a_thousand_short_pods(env, kubelet):
     """The whole path: processes in pods that start and end, the real sampler with this resolver; what it
     publishes is bounded by what lived within the linger, not by everything that ever ran."""

@@ -31,12 +31,17 @@ def test_run_id_from_environ():
 
 def test_real_children_carry_their_run_id_and_cpu_time():
     env = dict(os.environ, CARBONWATCH_RUN_ID="test-run-procs")
-    busy = "import time\nt=time.time()\nwhile time.time()-t<0.6: pass\ntime.sleep(30)"
+    # 0.6 s of CPU, however long a loaded machine takes to give it, then idle
+    busy = "import time\nwhile time.process_time() < 0.6: pass\ntime.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", busy], env=env)
     try:
-        time.sleep(0.8)
-        scanner = ProcScanner()
-        by_pid = {p.pid: p for p in scanner.read()}
+        deadline = time.monotonic() + 30
+        while True:
+            scanner = ProcScanner()
+            by_pid = {p.pid: p for p in scanner.read()}
+            if by_pid[child.pid].cpu_seconds >= 0.5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         me = by_pid[os.getpid()]
         assert me.run_id is None or me.run_id != "test-run-procs"
         c = by_pid[child.pid]

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from carbonwatch.errors import ConfigError
-from carbonwatch.registration import RegistrationReader, register, unregister, validate_run_id
+from carbonwatch.node.registration import RegistrationReader, register, unregister, validate_run_id
 
 
 def test_register_writes_a_file_the_reader_accepts(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.model import EnergyReading, GpuProcessUse, GpuReading, SourceError
+from carbonwatch.node.registration import Registration
 from carbonwatch.node.sampler import Sampler, Sources
 from carbonwatch.node.sources.procs import ProcScanner
-from carbonwatch.registration import Registration
 from tests.fakeproc import FakeProc
 
 

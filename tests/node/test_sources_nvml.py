@@ -759,7 +759,7 @@ def test_field_values_are_read_by_their_value_type() -> None:
 
 
 def test_the_drop_in_module_serves_pynvml_over_its_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exporter's `gpu.nvml_module: tests.fakes.fake_nvml` path: a module, not pynvml, is injected."""
+    """The module tests/fakes/exporter.py hands to a whole exporter: a module, not pynvml, is injected."""
     me = os.getpid()
     monkeypatch.setenv(fake_nvml.ENV, f'{{"gpus": 2, "watts": [300, 150], "processes": [{{"gpu": 1, "pid": {me}}}]}}')
     try:
@@ -772,3 +772,12 @@ def test_the_drop_in_module_serves_pynvml_over_its_stub(tmp_path: Path, monkeypa
             fake_nvml.configure_from_env({fake_nvml.ENV: '{"gpus": 2, "watts": [1, 2, 3]}'})
     finally:
         fake_nvml.reset()
+
+
+def test_a_config_that_still_names_nvml_module_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """A fake NVML reaches the exporter through its constructors only; the old dotted-name key is an error."""
+    from carbonwatch.errors import ConfigError
+    from carbonwatch.node.config import ExporterConfig, apply_mapping
+
+    with pytest.raises(ConfigError, match=r"^gpu.nvml_module: no longer a setting.*remove the key"):
+        apply_mapping(ExporterConfig(), {"gpu": {"nvml_module": "tests.fakes.fake_nvml"}})

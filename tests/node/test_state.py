@@ -33,7 +33,7 @@ def test_write_then_load_gives_back_every_counter(tmp_path):
     assert r.status == RESTORED and again.status()[0] == RESTORED
     assert r.state["runs"]["r1"]["energy_joules"] == {"gpu": 1200.0}
     assert r.state["runs"]["r1"]["labels"] == {"user": "alice"}
-    assert r.state["devices"][0] == ["gpu", "0", "nvml_counter", 1234.5]
+    assert r.state["devices"][0] == ("gpu", "0", "nvml_counter", 1234.5)  # (component, key, source, joules)
     assert r.state["containers"][0]["pod"] == "p-0"
     assert r.state["saved_at"] == 1.7e9 + 5
 

@@ -35,6 +35,7 @@ from carbonwatch.errors import ConfigError
 from carbonwatch.node.web import (
     BasicAuth,
     RateLimiter,
+    Renderer,
     WebState,
     accepts_gzip,
     load_web_config,
@@ -172,7 +173,8 @@ def test_text_format_by_default_and_openmetrics_when_asked(server_factory: Any) 
     accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
               "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
     om = requests.get(srv.url + "/metrics", headers={"Accept": accept}, timeout=5)
-    assert om.headers["Content-Type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    # prometheus-client names the escaping scheme it used (Prometheus reads the media type and version)
+    assert om.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0; charset=utf-8")
     assert om.text.endswith("# EOF\n")
     fams = {f.name: f for f in om_parse(om.text)}
     assert fams["carbonwatch_test_energy_joules"].type == "counter"
@@ -195,6 +197,41 @@ def test_openmetrics_renderer_writes_the_librarys_bytes() -> None:
     assert "escaping=values" in ctype and b"U__carbonwatch__test__watts" in body
 
 
+def test_concurrent_scrapes_share_one_rendering() -> None:
+    """A burst of scrapes asking for the same body while one renders waits for that rendering, so scrapes never
+    render side by side (the sampler keeps its share of the interpreter)."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    class Slow(Collector):
+        def describe(self) -> list[Metric]:
+            return []
+
+        def collect(self) -> Iterator[Metric]:
+            calls.append(1)
+            entered.set()
+            release.wait(10)
+            yield GaugeMetricFamily("carbonwatch_test_up", "Up.", value=1)
+
+    renderer = Renderer([Slow()])
+    bodies: list[bytes] = []
+    leader = threading.Thread(target=lambda: bodies.append(renderer.body(None, False)[0]))
+    leader.start()
+    assert entered.wait(10)
+    followers = [threading.Thread(target=lambda: bodies.append(renderer.body(None, False)[0])) for _ in range(4)]
+    for t in followers:
+        t.start()
+    time.sleep(0.5)  # the followers are waiting for the leader's rendering
+    release.set()
+    for t in [leader, *followers]:
+        t.join(10)
+    assert len(calls) == 1 and len(bodies) == 5 and len(set(bodies)) == 1
+    assert b"carbonwatch_test_up 1.0" in bodies[0]
+    # another format, or gzip, is another body; once done, the next scrape renders afresh
+    zipped, _ = renderer.body(None, True)
+    assert gzip.decompress(zipped) == bodies[0] and len(calls) == 2
+
+
 def test_gzip_only_when_the_client_asks(server_factory: Any) -> None:
     srv = server_factory()
     url = srv.url + "/metrics"
@@ -211,7 +248,7 @@ def test_gzip_only_when_the_client_asks(server_factory: Any) -> None:
 
 
 def test_head_answers_the_headers_of_get_without_a_body(server_factory: Any) -> None:
-    srv = server_factory(routes={"/intensity": lambda: (b'{"zone": "DE"}', "application/json")})
+    srv = server_factory(routes={"/intensity": lambda q: (200, b'{"zone": "DE"}', "application/json")})
     for path in ("/metrics", "/", "/intensity"):
         get = requests.get(srv.url + path, headers={"Accept-Encoding": "identity"}, timeout=5)
         head = requests.head(srv.url + path, headers={"Accept-Encoding": "identity"}, timeout=5)
@@ -228,7 +265,7 @@ def test_landing_page_routes_404_and_405(server_factory: Any) -> None:
         calls.append(dict(query))
         return (200, b'{"ok": true}', "application/json") if query.get("zone") else (400, b"zone?\n", "text/plain")
 
-    srv = server_factory(routes={"/intensity": lambda: (b"{}", "application/json"), "/feed": feed})
+    srv = server_factory(routes={"/intensity": lambda q: (200, b"{}", "application/json"), "/feed": feed})
     landing = requests.get(srv.url + "/", timeout=5)
     assert landing.headers["Content-Type"].startswith("text/html")
     assert {'href="/metrics"', 'href="/intensity"', 'href="/feed"'} <= set(re.findall(r'href="[^"]+"', landing.text))
@@ -243,7 +280,7 @@ def test_landing_page_routes_404_and_405(server_factory: Any) -> None:
 
 
 def test_a_failing_route_is_a_500_and_the_server_goes_on(server_factory: Any) -> None:
-    def broken() -> tuple[bytes, str]:
+    def broken(query: Any) -> tuple[int, bytes, str]:
         raise RuntimeError("provider exploded")
 
     srv = server_factory(routes={"/broken": broken})
@@ -269,10 +306,10 @@ def test_connections_are_kept_alive(server_factory: Any) -> None:
 def test_requests_over_the_in_flight_limit_wait_then_get_503(server_factory: Any) -> None:
     entered, release = threading.Event(), threading.Event()
 
-    def slow() -> tuple[bytes, str]:
+    def slow(query: Any) -> tuple[int, bytes, str]:
         entered.set()
         release.wait(10)
-        return b"done\n", "text/plain"
+        return 200, b"done\n", "text/plain"
 
     srv = server_factory(routes={"/slow": slow}, max_requests=1, request_wait=0.3)
     results: list[int] = []
@@ -362,8 +399,9 @@ def test_tls_serves_verified_clients_and_refuses_plain_http(server_factory: Any,
     assert r.status_code == 200 and "carbonwatch_test_up" in r.text
     with pytest.raises(requests.exceptions.SSLError):
         tls_get(srv, pki.other_ca)  # a client that does not trust our CA
-    with pytest.raises(requests.ConnectionError):
-        requests.get(srv.url.replace("https://", "http://") + "/metrics", timeout=5)  # no plain HTTP on the port
+    plain = requests.get(srv.url.replace("https://", "http://") + "/metrics", timeout=5)  # plain HTTP: a 400
+    assert plain.status_code == 400 and "HTTP request to an HTTPS server" in plain.text
+    assert "carbonwatch_test" not in plain.text
     # TLS 1.3 by default allowed; TLS 1.1 refused (the default minimum is TLS12)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=5) as raw:
@@ -423,6 +461,16 @@ def test_inline_certificate_and_key(server_factory: Any, tmp_path: Path, pki: PK
     assert "PRIVATE KEY" not in repr(srv.web.config)
 
 
+def eventually(probe: Any, expected: Any, timeout: float = 20.0) -> Any:
+    """Poll `probe()` until it returns `expected` (the watcher thread reloads on its own clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 def test_certificates_and_users_reload_and_a_broken_file_fails_closed(
     server_factory: Any, tmp_path: Path, pki: PKI, hashed: str
 ) -> None:
@@ -431,7 +479,7 @@ def test_certificates_and_users_reload_and_a_broken_file_fails_closed(
     key.write_bytes(Path(pki.cert("server")[1]).read_bytes())
     path = web_config(tmp_path, {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}})
     srv = server_factory(web_config_file=path)
-    srv.web.CHECK_EVERY = 0.0
+    srv.web.CHECK_EVERY = 0.05
 
     def served_serial() -> int:
         ctx = ssl.create_default_context(cafile=str(pki.ca))
@@ -448,24 +496,32 @@ def test_certificates_and_users_reload_and_a_broken_file_fails_closed(
 
         return int(x509.load_pem_x509_certificate(Path(p).read_bytes()).serial_number)
 
+    def status(auth: tuple[str, str] | None = None) -> int:
+        return tls_get(srv, pki.ca, auth=auth).status_code
+
     assert served_serial() == serial_of(pki.cert("server")[0])
-    # rotate: new files, same names (mtime changes)
+    # rotate: new files, same names (mtime changes); the watcher swaps them in without a request's help
     time.sleep(0.01)
     crt.write_bytes(Path(pki.cert("server2")[0]).read_bytes())
     key.write_bytes(Path(pki.cert("server2")[1]).read_bytes())
-    assert served_serial() == serial_of(pki.cert("server2")[0])
-    # add a user: the next request needs the password
+    assert eventually(served_serial, serial_of(pki.cert("server2")[0])) == serial_of(pki.cert("server2")[0])
+    # add a user: requests soon need the password
     Path(path).write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"},
                                           "basic_auth_users": {"prometheus": hashed}}))  # fmt: skip
-    assert tls_get(srv, pki.ca).status_code == 401
-    assert tls_get(srv, pki.ca, auth=("prometheus", PASSWORD)).status_code == 200
+    assert eventually(status, 401) == 401
+    assert status(("prometheus", PASSWORD)) == 200
     # a broken file: every request is refused (500), never served without the password
     Path(path).write_text(Path(path).read_text() + "\nbasic_auth_users: [\n")
+    assert eventually(lambda: status(("prometheus", PASSWORD)), 500) == 500
     r = tls_get(srv, pki.ca, auth=("prometheus", PASSWORD))
     assert r.status_code == 500 and "carbonwatch_test" not in r.text
     Path(path).write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"},
                                           "basic_auth_users": {"prometheus": hashed}}))  # fmt: skip
-    assert tls_get(srv, pki.ca, auth=("prometheus", PASSWORD)).status_code == 200
+    assert eventually(lambda: status(("prometheus", PASSWORD)), 200) == 200
+    # a reload changes nothing when nothing changed, and the watcher stops with the server
+    assert srv.web.refresh() is False
+    srv.server_close()
+    assert srv.web._watcher is not None and not srv.web._watcher.is_alive()
 
 
 # ------------------------------------------------------------------------------------- config errors
@@ -527,7 +583,7 @@ def test_an_empty_file_is_plain_http_and_a_missing_file_is_named(tmp_path: Path)
     empty = tmp_path / "empty.yml"
     empty.write_text("")
     state = WebState(str(empty))
-    assert not state.tls and not state.auth.enabled
+    assert not state.tls and not state.live.auth.enabled
     with pytest.raises(ConfigError, match=r"^web.config_file: cannot read '.*missing.yml': No such file"):
         load_web_config(tmp_path / "missing.yml")
 
@@ -628,5 +684,5 @@ def test_the_config_key_and_the_flag_name_the_web_config_file(tmp_path: Path, ha
     with pytest.raises(ConfigError, match=r"^--web.config.file: "):
         config_from_args(args("--web.config.file", str(bad)), environ={})
     cfg.write_text(yaml.safe_dump({"web": {"config_file": 7}}))
-    with pytest.raises(ConfigError, match=r"^web.config_file: expected str"):
+    with pytest.raises(ConfigError, match=r"exporter.yml: web.config_file: expected str"):
         config_from_args(args("--config.file", str(cfg)), environ={})

@@ -74,6 +74,22 @@ def test_the_printed_commands_really_run(tmp_path: Path, monkeypatch: pytest.Mon
         assert expect in proc.stdout
 
 
+def test_every_service_with_a_port_gets_its_url_and_one_without_none(tmp_path: Path) -> None:
+    """The launcher's reaper has no port, and services the launcher adds later (the ledger) have no label of
+    their own here: the listing neither fails (it raised KeyError: 'reaper') nor drops them."""
+    st = fake_stack(tmp_path)
+    st.services["reaper"] = Service("reaper", 0, ["reaper"])
+    st.services["ledger"] = Service("ledger", 19863, ["ledger"])
+    st.services["newcomer"] = Service("newcomer", 19999, ["newcomer"])
+    lines = demo.url_lines(st, "demo-test")
+    text = "\n".join(lines)
+    assert "reaper" not in text
+    assert any(line.split()[0] == "Prometheus" and line.endswith("http://127.0.0.1:19090") for line in lines)
+    assert any("Ledger" in line and line.endswith("http://127.0.0.1:19863") for line in lines)
+    assert any(line.split()[0] == "newcomer" and line.endswith("http://127.0.0.1:19999") for line in lines)
+    assert "http://127.0.0.1:19860/metrics" in text
+
+
 def test_command_name_prefers_the_installation_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("carbonwatch")
     if not script.exists():
@@ -86,3 +102,89 @@ def test_command_name_prefers_the_installation_on_path(monkeypatch: pytest.Monke
     assert stack.command_name() == str(script)
     monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
     assert stack.command_name() == "carbonwatch"
+
+
+def free_offset(ports: tuple[int, ...] = (9090, 9091, 9093, 9860, 9863, 3000)) -> int:
+    """A port offset at which every port the stack may use (the ledger's included) is free."""
+    import random
+    import socket
+
+    for _ in range(50):
+        offset = random.randrange(20000, 50000)
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    pytest.skip("no free port offset found")
+
+
+@pytest.mark.slow
+def test_the_real_demo_ends_with_its_alert_in_alertmanager(tmp_path: Path) -> None:
+    """`python -m carbonwatch.stack.demo` with the real launcher (reaper included) and real binaries: exit 0,
+    every URL, the budget alert as Alertmanager holds it, the stop hint; the stack is stopped afterwards."""
+    if shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None:
+        pytest.skip("the Prometheus stack's binaries are not installed")
+    state = tmp_path / "state"
+    env = dict(os.environ, HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env.pop("CARBONWATCH_SPOOL_DIR", None)  # the stack's exporter watches the default spool
+    env.pop("CARBONWATCH_STACK", None)
+    down = [sys.executable, "-m", "carbonwatch", "stack", "down", "--state-dir", str(state)]
+    offset = free_offset()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "carbonwatch.stack.demo", "--state-dir", str(state),
+             f"--port-offset={offset}", "--run-id", "demo-e2e", "--alert-timeout=150"],
+            env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path,
+        )
+        out = proc.stdout
+        print(out[-4000:], proc.stderr[-3000:])
+        assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+        assert "CarbonwatchRunBudgetExceeded" in out and "reached Alertmanager" in out, out[-2000:]
+        for name, port in (("Prometheus", 9090), ("Alertmanager", 9093), ("Pushgateway", 9091)):
+            assert f"{name}" in out and f"http://127.0.0.1:{port + offset}" in out, out[-2000:]
+        assert "Your runs report here" in out
+        hint = out.rsplit("Stop it with:", 1)[1].strip().splitlines()[0]
+        assert shlex.split(hint)[-4:] == ["stack", "down", "--state-dir", str(state)]
+    finally:
+        stopped = subprocess.run(down, env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stack.running_state(state) is None
+
+
+def checkout_with_script(tmp_path: Path) -> Path:
+    """A checkout holding scripts/path.sh and an installed .venv/bin/carbonwatch (a stub that runs)."""
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "path.sh", root / "scripts" / "path.sh")
+    script = root / ".venv" / "bin" / "carbonwatch"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\necho this checkout\n")
+    script.chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("where", ["home-bin", "nowhere"])
+def test_make_path_links_where_path_already_looks_or_prints_the_exact_path(tmp_path: Path, where: str) -> None:
+    root = checkout_with_script(tmp_path)
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    path = f"{home / 'bin'}:/usr/bin:/bin" if where == "home-bin" else "/usr/bin:/bin"  # no ~/.local/bin on PATH
+    env = {"HOME": str(home), "PATH": path}
+    proc = subprocess.run(["bash", str(root / "scripts" / "path.sh")], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    if where == "home-bin":
+        assert (home / "bin" / "carbonwatch").resolve() == (root / ".venv" / "bin" / "carbonwatch").resolve()
+        assert f"carbonwatch is on PATH ({home / 'bin' / 'carbonwatch'}" in proc.stdout
+        ran = subprocess.run(["bash", "-c", "carbonwatch"], env=env, capture_output=True, text=True, timeout=30)
+        assert ran.stdout.strip() == "this checkout"  # as printed: a bare `carbonwatch` runs
+    else:
+        assert (home / ".local" / "bin" / "carbonwatch").is_symlink()
+        exact = str(root / ".venv" / "bin" / "carbonwatch")
+        assert f"Run {exact}" in proc.stdout
+        ran = subprocess.run([exact], capture_output=True, text=True, timeout=30)
+        assert ran.stdout.strip() == "this checkout"

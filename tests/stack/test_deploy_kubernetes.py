@@ -25,7 +25,7 @@ K8S = REPO / "deploy" / "kubernetes"
 CRDS = Path(__file__).parents[1] / "fixtures" / "prometheus-operator-crds"
 KUBE_VERSION = "1.33.0"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"), pytest.mark.slow]
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 

@@ -310,7 +310,7 @@ def test_no_stale_run_group_after_the_run_ends(stack: Stack, run: RunResult) -> 
     eventually(lambda: not groups(), 20, "the run's Pushgateway group to be deleted")
     sel = f'run_id="{run.run_id}"'
     # the client's run info goes stale with its group (the exporter's own, origin="env", stays for the linger)
-    eventually(lambda: not stack.query(f'carbonwatch_run_info{{{sel},origin=""}}'), 20,
+    eventually(lambda: not stack.query(f'carbonwatch_run_info{{{sel},origin=~"|client"}}'), 20,
                "the client's carbonwatch_run_info to go stale")
     # What the dashboards and the report need after the end is kept by the rules.
     assert eventually(lambda: stack.query(f"last_over_time(run_id:carbonwatch_run_info:last{{{sel}}}[10m])"), 30,

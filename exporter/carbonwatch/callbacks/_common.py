@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from carbonwatch.client.api import Run
@@ -36,7 +37,9 @@ class RunHolder:
 
     def begin(self) -> None:
         if self.run is None or (self._given is None and self.run._finished):
-            self.run = Run(**self._kwargs)
+            # training started again with the same callback (a second fit): the next segment of its run
+            again = self.run is not None and self.run._finished
+            self.run = Run(**(dict(self._kwargs, resume=True) if again else self._kwargs))
         if self._given is None:
             self.run.start()
 
@@ -45,9 +48,37 @@ class RunHolder:
             self.run.finish(status)
 
 
-def scalar_metrics(logs: dict[str, Any] | None) -> dict[str, Any]:
+class HeldRun:
+    """What every framework callback shares: the run it reports into (`run=`, or one made from `run_kwargs`
+    when training starts), epochs numbered from 0, and logged metrics. A callback class lists it before the
+    framework's base class."""
+
+    def __init__(self, run: Run | None = None, **run_kwargs: Any) -> None:
+        super().__init__()
+        self.holder = RunHolder(run, **run_kwargs)
+
+    @property
+    def run(self) -> Run | None:
+        return self.holder.run
+
+    def _new_epoch(self, number: int) -> None:
+        """Epoch `number` (counted from 0, as the frameworks do) starts, in the training phase."""
+        if self.run is not None:
+            self.run.epoch(number, first_epoch=0)
+            self.run.phase("train")
+
+    def _phase(self, name: str) -> None:
+        if self.run is not None:
+            self.run.phase(name)
+
+    def _log(self, logs: Mapping[str, object] | None) -> None:
+        if self.run is not None:
+            self.run.log(**scalar_metrics(logs))
+
+
+def scalar_metrics(logs: Mapping[str, object] | None) -> dict[str, object]:
     """The numeric entries of a framework's logs (numbers and 0-d tensors), with names kept as they are."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for k, v in (logs or {}).items():
         if isinstance(v, bool):
             continue
@@ -56,7 +87,7 @@ def scalar_metrics(logs: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def batch_size(batch: Any) -> int:
+def batch_size(batch: object) -> int:
     """Samples in a batch: the leading dimension of its first tensor or array, else 0."""
     try:
         while isinstance(batch, (list, tuple)) and batch:

@@ -8,44 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from carbonwatch.callbacks._common import RunHolder, optional_base, scalar_metrics
+from carbonwatch.callbacks._common import HeldRun, optional_base, scalar_metrics
 from carbonwatch.client.api import Run
 
 _Base: Any = optional_base(("keras.callbacks", "Callback"))
+Logs = dict[str, object] | None
 
 
-class CarbonwatchCallback(_Base):  # type: ignore[misc]
+class CarbonwatchCallback(HeldRun, _Base):  # type: ignore[misc]
     def __init__(self, run: Run | None = None, batch_size: int | None = None, **run_kwargs: Any) -> None:
-        super().__init__()
-        self.holder = RunHolder(run, **run_kwargs)
+        super().__init__(run, **run_kwargs)
         self.batch_size = batch_size
 
-    @property
-    def run(self) -> Run | None:
-        return self.holder.run
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+    def on_train_begin(self, logs: Logs = None) -> None:
         self.holder.begin()
-        params = getattr(self, "params", None) or {}
+        params = getattr(self, "params", None) or {}  # set by Keras before training
         if self.run is not None and params.get("epochs"):
             self.run.total_epochs = int(params["epochs"])
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.run is not None:
-            self.run.epoch(epoch, first_epoch=0)  # Keras numbers epochs from 0
-            self.run.phase("train")
+    def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
+        self._new_epoch(epoch)  # Keras numbers epochs from 0
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: Logs = None) -> None:
         if self.run is not None:
             self.run.progress(samples=self.batch_size or 0, **scalar_metrics(logs))
 
-    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.run is not None:
-            self.run.phase("eval")
+    def on_test_begin(self, logs: Logs = None) -> None:
+        self._phase("eval")
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.run is not None:
-            self.run.log(**scalar_metrics(logs))
+    def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
+        self._log(logs)
 
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+    def on_train_end(self, logs: Logs = None) -> None:
         self.holder.end("succeeded")

@@ -6,55 +6,49 @@ without either.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from carbonwatch.callbacks._common import RunHolder, batch_size, optional_base, scalar_metrics
-from carbonwatch.client.api import Run
+from carbonwatch.callbacks._common import HeldRun, batch_size, optional_base
 
 _Base: Any = optional_base(("lightning.pytorch.callbacks", "Callback"), ("pytorch_lightning.callbacks", "Callback"))
 
 
-class CarbonwatchCallback(_Base):  # type: ignore[misc]
-    def __init__(self, run: Run | None = None, **run_kwargs: Any) -> None:
-        super().__init__()
-        self.holder = RunHolder(run, **run_kwargs)
+def _metrics(trainer: object) -> Mapping[str, object] | None:
+    found = getattr(trainer, "callback_metrics", None)  # the Trainer's name; absent on a stand-in
+    return found if isinstance(found, Mapping) else None
 
-    @property
-    def run(self) -> Run | None:
-        return self.holder.run
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+class CarbonwatchCallback(HeldRun, _Base):  # type: ignore[misc]
+    def on_train_start(self, trainer: object, pl_module: object) -> None:
         self.holder.begin()
-        if self.run is not None and getattr(trainer, "max_epochs", None) and trainer.max_epochs > 0:
-            self.run.total_epochs = int(trainer.max_epochs)
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if self.run is not None and max_epochs and int(max_epochs) > 0:
+            self.run.total_epochs = int(max_epochs)
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.run is not None:
-            self.run.epoch(int(trainer.current_epoch), first_epoch=0)  # Lightning numbers epochs from 0
-            self.run.phase("train")
+    def on_train_epoch_start(self, trainer: object, pl_module: object) -> None:
+        self._new_epoch(int(getattr(trainer, "current_epoch", 0)))  # Lightning numbers epochs from 0
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: object, pl_module: object, outputs: object, batch: object,
+                           batch_idx: int) -> None:  # fmt: skip
         if self.run is None:
             return
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, object] = {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None and hasattr(loss, "detach"):
             metrics["loss"] = loss
         self.run.progress(samples=batch_size(batch), **metrics)
 
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.run is not None:
-            self.run.phase("eval")
+    def on_validation_start(self, trainer: object, pl_module: object) -> None:
+        self._phase("eval")
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.run is not None:
-            self.run.log(**scalar_metrics(getattr(trainer, "callback_metrics", None)))
-            self.run.phase("train")
+    def on_validation_end(self, trainer: object, pl_module: object) -> None:
+        self._log(_metrics(trainer))
+        self._phase("train")
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.run is not None:
-            self.run.log(**scalar_metrics(getattr(trainer, "callback_metrics", None)))
+    def on_train_end(self, trainer: object, pl_module: object) -> None:
+        self._log(_metrics(trainer))
         self.holder.end("succeeded")
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: object, pl_module: object, exception: BaseException) -> None:
         self.holder.end("stopped" if isinstance(exception, KeyboardInterrupt) else "failed")

@@ -241,7 +241,7 @@ def _request_problem(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _bool(value: Any, what: str) -> bool:
+def _bool(value: object, what: str) -> bool:
     if isinstance(value, bool):
         return value
     v = str(value).strip().lower()
@@ -252,7 +252,7 @@ def _bool(value: Any, what: str) -> bool:
     raise ConfigError(f"{what}: expected true or false, got {value!r}")
 
 
-def _str(value: Any, what: str) -> str:
+def _str(value: object, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):

@@ -21,7 +21,7 @@ from typing import Any
 
 from carbonwatch.client.api import Run, new_run_id, wait_below
 from carbonwatch.client.node import exporter_alive
-from carbonwatch.client.settings import ON_BUDGET, resolve
+from carbonwatch.client.settings import ON_BUDGET, RunSettings, resolve
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 
@@ -33,9 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "none: local mode")
     p.add_argument("--prometheus", help="Prometheus URL (env CARBONWATCH_PROMETHEUS): budgets and the summary "
                    "read the run's recorded emissions")
-    p.add_argument("--run-id", help="run id (default: generated and printed)")
+    p.add_argument("--run-id", help="run id (default: generated and printed); the id of a finished run is refused "
+                   "unless --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the finished run --run-id as its next segment (one run in `carbonwatch report`)")
     p.add_argument("--user", help="user label (env CARBONWATCH_USER, default: login name)")
-    p.add_argument("--model", default="", help="model label")
+    p.add_argument("--model", default="", help="model label (env CARBONWATCH_MODEL)")
     p.add_argument("--project", help="project label (env CARBONWATCH_PROJECT)")
     p.add_argument("--team", help="team label (env CARBONWATCH_TEAM)")
     p.add_argument("--zone", help="grid zone for the summary's emissions (env CARBONWATCH_ZONE, default world)")
@@ -91,14 +94,9 @@ def _foreground_preexec(tty: bool) -> Callable[[], None]:
 
 def main(args: argparse.Namespace) -> int:
     cmd = _command(args)
-    settings = resolve(
-        dict(
-            pushgateway=args.pushgateway, prometheus=args.prometheus, user=args.user, project=args.project,
-            team=args.team, zone=args.zone, runs_file=args.output, on_budget=args.on_budget,
-            retention=args.retention, local_meter=False if args.no_local_meter else None,
-        ),
-        config_file=args.config_file,
-    )
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume: needs --run-id, the finished run to continue")
+    settings = _settings(args)
     stop_requested: list[int] = []
 
     def on_budget(run: Run, grams: float) -> None:  # the run has said it exceeded the budget, once
@@ -108,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
     run = Run(
         run_id=args.run_id or new_run_id(), model=args.model, budget_grams=args.budget_grams, on_budget=on_budget,
-        settings=settings, root_pid=0, wrapper=True, summary=not args.quiet,
+        settings=settings, root_pid=0, wrapper=True, summary=not args.quiet, resume=args.resume,
     )
     if settings.on_budget == "stop":
         run.on_budget_note = "stopping the command (SIGINT to its process group, as Ctrl-C)"
@@ -116,29 +114,8 @@ def main(args: argparse.Namespace) -> int:
         "" if settings.pushgateway else " (local mode)")
     print(f"carbonwatch: run id {run.run_id}{where}", file=sys.stderr, flush=True)
     if args.wait_below is not None:
-        below, value, source = wait_below(
-            args.wait_below, zone=settings.zone, max_wait=parse_duration(args.max_wait, "max-wait"),
-            poll=max(0.05, parse_duration(args.poll, "poll")), intensity_cfg=settings.intensity,
-            announce=lambda m: print(m, file=sys.stderr, flush=True),
-        )
-        print(
-            f"carbonwatch: grid intensity {value:g} g/kWh ({source})"
-            + (" is below the threshold; starting" if below else "; waited the maximum, starting anyway"),
-            file=sys.stderr, flush=True,
-        )
-
-    env = dict(os.environ, CARBONWATCH_RUN_ID=run.run_id, CARBONWATCH_RUN_WRAPPED="1")
-    # The run's labels, validated by Run: the node exporter reads them from the command's environment.
-    lab = run.labels
-    for var, text in (("CARBONWATCH_USER", lab.user), ("CARBONWATCH_PROJECT", lab.project),
-                      ("CARBONWATCH_MODEL", lab.model), ("CARBONWATCH_TEAM", lab.team)):
-        if text:
-            env[var] = text
-        else:
-            env.pop(var, None)
-    if settings.pushgateway:
-        env["CARBONWATCH_PUSHGATEWAY"] = settings.pushgateway
-        env.update(settings.pushgateway_auth.child_env())  # the script's in-code client: the same credentials
+        _wait_below(args, settings)
+    env = _child_env(run, settings)
     child: subprocess.Popen[bytes] | None = None
     try:
         tty = _on_terminal()
@@ -166,14 +143,59 @@ def main(args: argparse.Namespace) -> int:
         if tty:
             _restore_foreground()
     code = 128 - rc if rc < 0 else rc
-    if rc == 0:
-        status = "succeeded"
-    elif received or stop_requested or rc in (-signal.SIGINT, -signal.SIGTERM, 130, 143):
-        status = "stopped"
-    else:
-        status = "failed"
+    status = _status(rc, bool(received or stop_requested))
     run.finish(status, exit_code=code)
     return code
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    return resolve(
+        dict(
+            pushgateway=args.pushgateway, prometheus=args.prometheus, user=args.user, project=args.project,
+            team=args.team, zone=args.zone, runs_file=args.output, on_budget=args.on_budget,
+            retention=args.retention, local_meter=False if args.no_local_meter else None,
+        ),
+        config_file=args.config_file,
+    )
+
+
+def _status(rc: int, interrupted: bool) -> str:
+    """The run's status from the command's exit (rc < 0: killed by signal -rc)."""
+    if rc == 0:
+        return "succeeded"
+    if interrupted or rc in (-signal.SIGINT, -signal.SIGTERM, 130, 143):
+        return "stopped"
+    return "failed"
+
+
+def _wait_below(args: argparse.Namespace, settings: RunSettings) -> None:
+    below, value, source = wait_below(
+        args.wait_below, zone=settings.zone, max_wait=parse_duration(args.max_wait, "max-wait"),
+        poll=max(0.05, parse_duration(args.poll, "poll")), intensity_cfg=settings.intensity,
+        announce=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(
+        f"carbonwatch: grid intensity {value:g} g/kWh ({source})"
+        + (" is below the threshold; starting" if below else "; waited the maximum, starting anyway"),
+        file=sys.stderr, flush=True,
+    )
+
+
+def _child_env(run: Run, settings: RunSettings) -> dict[str, str]:
+    """The command's environment: the run id, and the run's labels, validated by Run (the node exporter reads
+    them from the command's environment); the gateway and its credentials for the script's in-code client."""
+    env = dict(os.environ, CARBONWATCH_RUN_ID=run.run_id, CARBONWATCH_RUN_WRAPPED="1")
+    lab = run.labels
+    for var, text in (("CARBONWATCH_USER", lab.user), ("CARBONWATCH_PROJECT", lab.project),
+                      ("CARBONWATCH_MODEL", lab.model), ("CARBONWATCH_TEAM", lab.team)):
+        if text:
+            env[var] = text
+        else:
+            env.pop(var, None)
+    if settings.pushgateway:
+        env["CARBONWATCH_PUSHGATEWAY"] = settings.pushgateway
+        env.update(settings.pushgateway_auth.child_env())
+    return env
 
 
 def _killpg(pgid: int, sig: int) -> None:

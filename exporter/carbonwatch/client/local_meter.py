@@ -28,9 +28,10 @@ from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
 from carbonwatch.node.meters import GpuSource
 from carbonwatch.node.model import GpuProcessUse, GpuReading, RunState
-from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.registration import Registration, process_start_time
+from carbonwatch.node.sampler import Sampler
 from carbonwatch.node.sources import pidns
-from carbonwatch.registration import Registration, process_start_time
+from carbonwatch.node.sources.wiring import Sources, build_sources
 
 log = logging.getLogger("carbonwatch.client.local_meter")
 

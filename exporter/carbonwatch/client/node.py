@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from carbonwatch.registration import HEARTBEAT, spool_dir
+from carbonwatch.node.registration import HEARTBEAT, spool_dir
 
 HEARTBEAT_FILE = HEARTBEAT
 # A heartbeat dated this far in the future (clock steps, NFS skew) still counts as fresh.

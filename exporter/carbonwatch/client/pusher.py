@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import SupportsFloat, SupportsIndex
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import delete_from_gateway, push_to_gateway, pushadd_to_gateway
@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from carbonwatch.client.auth import PushgatewayAuth, redact_url
-from carbonwatch.contracts import PUSH_JOB, PUSHED_BY_NAME
+from carbonwatch.contracts import ORIGIN_CLIENT, PUSH_JOB, PUSHED_BY_NAME
 
 log = logging.getLogger("carbonwatch.client")
 
@@ -44,15 +44,17 @@ class RunLabels:
 class ProgressState:
     labels: RunLabels
     status: str = "running"
-    start_time: float = 0.0
+    start_time: float = 0.0  # of the first segment
     end_time: float | None = None
+    segment: int = 1  # 1 for a run never resumed
+    segment_start_time: float | None = None  # of the current segment (None: start_time)
     budget_grams: float | None = None
     retention_seconds: float | None = None  # how long the finished group stays on the gateway (the sweeps read it)
     expected_end_time: float | None = None
     epoch: int | None = None
     samples: float = 0.0
     phase: str = "train"
-    metrics: dict[str, Any] = field(default_factory=dict)  # raw values (floats, 0-d tensors), read at push time
+    metrics: dict[str, object] = field(default_factory=dict)  # raw values (floats, 0-d tensors), read at push time
 
 
 class RunProgress:
@@ -73,11 +75,13 @@ class RunProgress:
             self.version += 1
 
 
-def _as_float(raw: Any) -> float | None:
+def _as_float(raw: object) -> float | None:
     """A user's metric value as a float, off the training thread (a GPU tensor syncs here, not there)."""
     try:
-        if hasattr(raw, "item"):
+        if hasattr(raw, "item"):  # a 0-d tensor or array
             raw = raw.item()
+        if not isinstance(raw, (SupportsFloat, SupportsIndex, str)):
+            return None
         value = float(raw)
     except Exception:
         return None
@@ -118,10 +122,13 @@ class RunCollector(Collector):
         if OWNER in self.parts:
             info = family("carbonwatch_run_info")
             lab = s.labels
-            info.add_metric([rid, lab.user, lab.model, lab.project, lab.team, lab.host, s.status], 1.0)
+            info.add_metric([rid, ORIGIN_CLIENT, lab.user, lab.project, lab.model, lab.team, lab.host, s.status], 1.0)
             yield info
             yield from gauge("carbonwatch_run_start_time_seconds", s.start_time)
             yield from gauge("carbonwatch_run_end_time_seconds", s.end_time)
+            yield from gauge("carbonwatch_run_segment", float(s.segment))
+            seg_start = s.start_time if s.segment_start_time is None else s.segment_start_time
+            yield from gauge("carbonwatch_run_segment_start_time_seconds", seg_start)
             yield from gauge("carbonwatch_run_budget_grams", s.budget_grams)
             yield from gauge("carbonwatch_run_last_push_time_seconds", time.time())
             yield from gauge("carbonwatch_run_retention_seconds", s.retention_seconds)

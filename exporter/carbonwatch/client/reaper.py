@@ -32,15 +32,16 @@ from prometheus_client.exposition import delete_from_gateway
 
 from carbonwatch.client import auth as pgauth
 from carbonwatch.client.auth import PushgatewayAuth
+from carbonwatch.contracts import PUSH_JOB, PUSHED_BY_NAME
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 
 log = logging.getLogger("carbonwatch.client")
 
-JOB = "carbonwatch_run"
-END_TIME = "carbonwatch_run_end_time_seconds"
-PUSH_TIME = "push_time_seconds"  # set by the gateway on every successful push to a group
-RETENTION = "carbonwatch_run_retention_seconds"  # a run's own retention, pushed with its state
+JOB = PUSH_JOB
+END_TIME = PUSHED_BY_NAME["carbonwatch_run_end_time_seconds"].name
+PUSH_TIME = "push_time_seconds"  # set by the gateway on every successful push to a group (the gateway's name)
+RETENTION = PUSHED_BY_NAME["carbonwatch_run_retention_seconds"].name  # a run's own retention, pushed with its state
 
 Fetch = Callable[[str, float], bytes]  # (url, timeout) -> body
 Delete = Callable[[str, float], None]  # (run_id, timeout), raises on failure

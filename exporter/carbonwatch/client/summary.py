@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 from carbonwatch.contracts import JOULES_PER_KWH
@@ -149,6 +150,62 @@ def labels_line(rec: dict[str, Any]) -> str | None:
     return None
 
 
+def command_name() -> str:
+    """`carbonwatch` as it runs here (its full path when the one on PATH is not this installation)."""
+    from carbonwatch.stack.launcher import command_name as name
+
+    return name()
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def node_note(rec: dict[str, Any]) -> list[str]:
+    """Where a node-mode run's figures come from and whether they are final."""
+    run_id = rec.get("run_id")
+    report = f"`{command_name()} report {run_id}`"
+    fell = rec.get("fallback_time")
+    if fell is not None:
+        start = float(rec.get("start_time") or fell)
+        return [f"                (the node exporter stopped {sig(float(fell) - start)} s into the run, at "
+                f"{_clock(float(fell))}: measured locally from then on; its part before is as Prometheus recorded it)"]
+    if rec.get("figures") == "exporter":
+        others = list(rec.get("other_nodes") or [])
+        out = ["                (final: the node exporter's counters for this node at the run's end)"]
+        if others:
+            out.append(f"                (this node's figures only: {len(others)} other node(s) measured the run too; "
+                       f"the fleet total in {report} is final after their next scrape)")
+        return out
+    return [f"                (as recorded in Prometheus by the end of the run; {report} has the final figures "
+            "after the next scrape)"]
+
+
+def energy_lines(rec: dict[str, Any]) -> list[str]:
+    energy = rec.get("energy_joules") or {}
+    sources = rec.get("sources") or {}
+    node = rec.get("measurement") == NODE_EXPORTER
+    lines = []
+    if energy:
+        for comp, j in energy.items():
+            lines.append(f"  energy {comp:<7}{_energy(float(j))}  [{sources.get(comp, '?')}]")
+        lines.append(f"  energy total  {_energy(sum(float(v) for v in energy.values()))}")
+        if node:
+            lines += node_note(rec)
+    elif node and rec.get("prometheus"):
+        lines.append(f"  energy        measured by the node exporter, not yet in Prometheus at {rec['prometheus']}: "
+                     f"`{command_name()} report {rec.get('run_id')}` shows it after the next scrape")
+    elif node:
+        lines.append("  energy        measured by the node exporter, not in this process: pass --prometheus (or set "
+                     f"CARBONWATCH_PROMETHEUS) to see it here; `{command_name()} report {rec.get('run_id')}` "
+                     "and the Grafana run dashboard show it")
+    elif rec.get("measurement") == NOT_MEASURED:
+        lines.append("  energy        not measured (no node exporter is running here and the local meter is off)")
+    else:
+        lines.append("  energy        none measured (the run ended before the first sample)")
+    return lines
+
+
 def format_summary(rec: dict[str, Any]) -> str:
     run_id = rec.get("run_id")
     lines = [
@@ -156,29 +213,24 @@ def format_summary(rec: dict[str, Any]) -> str:
         + (f" (exit code {rec['exit_code']})" if rec.get("exit_code") is not None else ""),
         f"  duration      {_duration(float(rec.get('duration_seconds') or 0.0))}",
     ]
-    energy = rec.get("energy_joules") or {}
-    sources = rec.get("sources") or {}
+    if int(rec.get("segment") or 1) > 1:
+        first = rec.get("first_start_time")
+        since = f", first started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(first)))}" if first else ""
+        lines.append(f"  segment       {rec['segment']} (resumed{since}; figures of this segment)")
+    lines += energy_lines(rec)
     node = rec.get("measurement") == NODE_EXPORTER
-    if energy:
-        for comp, j in energy.items():
-            lines.append(f"  energy {comp:<7}{_energy(float(j))}  [{sources.get(comp, '?')}]")
-        lines.append(f"  energy total  {_energy(sum(float(v) for v in energy.values()))}")
-        if node:
-            lines.append("                (measured by the node exporter, as recorded in Prometheus by the end of "
-                         f"the run; `carbonwatch report {run_id}` has the final figures)")
-    elif node:
-        lines.append(f"  energy        measured by the node exporter, not in this process: `carbonwatch report {run_id}"
-                     " --prometheus URL` or the Grafana run dashboard shows it")
-    elif rec.get("measurement") == NOT_MEASURED:
-        lines.append("  energy        not measured (no node exporter is running here and the local meter is off)")
-    else:
-        lines.append("  energy        none measured (the run ended before the first sample)")
     grams = rec.get("emissions_grams")
-    if grams is None:
+    if grams is None and rec.get("prometheus"):
+        lines.append(f"  emissions     not yet recorded in Prometheus at {rec['prometheus']} (zone {rec.get('zone')})")
+    elif grams is None:
         lines.append(f"  emissions     recorded in Prometheus (pass --prometheus or set CARBONWATCH_PROMETHEUS to see "
                      f"them here; zone {rec.get('zone')})")
     elif node:
-        lines.append(f"  emissions     {fmt_grams(float(grams))} CO2e (Prometheus, at each interval's grid intensity)")
+        how = "this node's exporter" if rec.get("figures") == "exporter" else "Prometheus"
+        if rec.get("fallback_time") is not None:
+            how = ("Prometheus up to the exporter's stop, the local meter after" if rec.get("prometheus")
+                   else "the local meter, after the exporter stopped only")
+        lines.append(f"  emissions     {fmt_grams(float(grams))} CO2e ({how}, at each interval's grid intensity)")
     else:
         lines.append(
             f"  emissions     {fmt_grams(float(grams))} CO2e at {rec.get('intensity_grams_per_kwh'):g} g/kWh "

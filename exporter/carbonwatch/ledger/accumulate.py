@@ -12,7 +12,7 @@ of order (each timestamped when its scrape began): that sample is skipped.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 HOUR = 3600
@@ -61,7 +61,7 @@ def hour_of(t: float) -> int:
 
 def gap_limit(times: Sequence[float]) -> float:
     """max(2 x the median spacing of `times`, 60 s): a longer spacing is a scrape gap."""
-    if len(times) < 3:
+    if len(times) < 3 or times[-1] - times[0] <= MIN_GAP:  # no spacing can be over the limit
         return MIN_GAP
     spacing = statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
     return max(2.0 * spacing, MIN_GAP)
@@ -80,8 +80,18 @@ def spread(t0: float, t1: float, delta: float) -> list[tuple[int, float]]:
     return out
 
 
-def clean(samples: Iterable[tuple[float, float]], after: float) -> list[tuple[float, float]]:
+def clean(samples: Sequence[tuple[float, float]], after: float) -> list[tuple[float, float]]:
     """Samples after `after`, sorted by time, one per timestamp (the first answer wins)."""
+    out = []
+    last = after
+    for s in samples:  # in order, as servers answer: one pass
+        if s[0] > last:
+            out.append(s)
+            last = s[0]
+        elif s[0] > after:  # out of order or repeated
+            break
+    else:
+        return out
     seen: dict[float, float] = {}
     for t, v in samples:
         if t > after and t not in seen:
@@ -89,17 +99,18 @@ def clean(samples: Iterable[tuple[float, float]], after: float) -> list[tuple[fl
     return sorted(seen.items())
 
 
-def accumulate(state: SeriesState | None, samples: Iterable[tuple[float, float]], count_first: bool,
-               limit: float | None = None) -> Accumulated:
+def accumulate(state: SeriesState | None, samples: Sequence[tuple[float, float]], count_first: bool,
+               limit: float | None = None, floor: float = MIN_GAP) -> Accumulated:
     """Add `samples` (time, value) of one counter to `state`. `count_first`: a series seen for the first time
     counts its first value (a run counter starts at 0 with the run); otherwise it is only the baseline (a
-    node counter's lifetime total predates the ledger). `limit`: the gap limit, else from the samples."""
+    node counter's lifetime total predates the ledger). `limit`: the gap limit, else from the samples, at
+    least `floor` (2 x the fleet's scrape interval, for windows too short to show a series' own)."""
     new = clean(samples, state.last_time if state else float("-inf"))
     out = Accumulated(state=state, new_samples=len(new))
     if not new:
         return out
     times = ([state.last_time] if state else []) + [t for t, _ in new]
-    limit = gap_limit(times) if limit is None else limit
+    limit = max(gap_limit(times), floor) if limit is None else limit
     if state is None:
         t, v = new[0]
         if count_first and v > 0:

@@ -164,11 +164,11 @@ class Api:
             return _json(200, {"group_by": group, "rows": rows})
         return self._guard(q, ("group_by", "from", "to", "format"), work)
 
-    def openapi(self) -> tuple[bytes, str]:
-        return json.dumps(document(self.version), indent=1).encode(), JSON
+    def openapi(self, _q: Query) -> Reply:
+        return 200, json.dumps(document(self.version), indent=1).encode(), JSON
 
-    def healthy(self) -> tuple[bytes, str]:
-        return b"Healthy.\n", "text/plain; charset=utf-8"
+    def healthy(self, _q: Query) -> Reply:
+        return 200, b"Healthy.\n", "text/plain; charset=utf-8"
 
     def ready(self, _q: Query) -> Reply:
         if not self.health.ready:

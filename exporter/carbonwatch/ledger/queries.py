@@ -23,6 +23,7 @@ GROUPS = RUN_SCOPES + ("run", "zone", "node")
 MAX_LIMIT = 10000
 ENERGY = ("run_energy", "node_energy")  # the resets shown (emissions counters reset with them)
 rb, nb, runs = schema.run_buckets, schema.node_buckets, schema.runs
+rd, nd = schema.run_days, schema.node_days
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ def _period(hour: Any, period: str, start: float, end: float) -> ColumnElement[A
         return day
     if period == "month":
         starts = month_starts(start, end)
+        if len(starts) == 1:
+            return literal(starts[0])
         whens = [(hour < nxt, literal(s)) for s, nxt in zip(starts, starts[1:], strict=False)]
         return case(*whens, else_=literal(starts[-1]))
     if period == "all":
@@ -197,24 +200,28 @@ def _period(hour: Any, period: str, start: float, end: float) -> ColumnElement[A
 
 
 def usage(conn: Connection, group_by: str, period: str, start: float | None, end: float | None) -> list[dict[str, Any]]:
-    """Rows per group and period: energy, emissions, cost, estimated energy, runs."""
+    """Rows per group and period: energy, emissions, cost, estimated energy, runs. Whole-day ranges (the
+    default: every day held) read the day rollups, others the hour buckets."""
     if group_by not in GROUPS:
         raise ConfigError(f"group_by: {group_by!r} is not one of {', '.join(GROUPS)}")
-    lo = start if start is not None else _min_hour(conn)
-    hi = end if end is not None else float(2**40)
+    lo = start if start is not None else _edge_hour(conn, first=True) // 86400 * 86400
+    hi = end if end is not None else -(-(_edge_hour(conn, first=False) + 3600) // 86400) * 86400
+    days = lo % 86400 == 0 and hi % 86400 == 0 and group_by != "node"
+    lo = lo // 3600 * 3600  # the hour holding `from` (a no-op for whole days)
     node = group_by in ("zone", "node")
-    table = nb if node else rb
+    table = (nd if days else nb) if node else (rd if days else rb)
     if node:
-        col = nb.c.zone if group_by == "zone" else nb.c.instance
-        src: Any = nb
+        col = table.c.zone if group_by == "zone" else table.c.instance
+        src: Any = table
     else:
-        col = rb.c.run_id if group_by == "run" else getattr(runs.c, group_by)
-        src = rb if group_by == "run" else rb.join(runs, rb.c.run_id == runs.c.run_id)
-    per = _period(table.c.hour, period, lo, hi).label("period")
+        col = table.c.run_id if group_by == "run" else getattr(runs.c, group_by)
+        src = table if group_by == "run" else table.join(runs, table.c.run_id == runs.c.run_id)
+    t = table.c.day if days else table.c.hour
+    per = _period(t, period, lo, hi).label("period")
     q = select(col.label("g"), per, func.sum(table.c.energy_joules), func.sum(table.c.emissions_grams),
                func.sum(table.c.cost), func.sum(table.c.estimated_joules)).select_from(src)
-    q = q.where(*_hours(lo, hi, table)).group_by(col, per).order_by(per, col)
-    counts = _run_counts(conn, group_by, period, lo, hi)
+    q = q.where(t >= lo, t < hi).group_by(col, per).order_by(per, col)
+    counts = _run_counts(conn, group_by, period, lo, hi, days)
     currency = ",".join(sorted({r.currency for r in conn.execute(select(schema.prices.c.currency))} - {""}))
     return [{group_by: r[0], "period": iso(r[1]) if period != "all" else None, "energy_joules": r[2] or 0.0,
              "emissions_grams": r[3] or 0.0, "cost": r[4] or 0.0, "currency": currency,
@@ -222,21 +229,27 @@ def usage(conn: Connection, group_by: str, period: str, start: float | None, end
             for r in conn.execute(q)]
 
 
-def _run_counts(conn: Connection, group_by: str, period: str, lo: float, hi: float) -> dict[tuple[Any, Any], int]:
-    col = {"zone": rb.c.zone, "node": rb.c.instance, "run": rb.c.run_id}.get(group_by)
-    src: Any = rb
+def _run_counts(conn: Connection, group_by: str, period: str, lo: float, hi: float,
+                days: bool) -> dict[tuple[Any, Any], int]:
+    table = rd if days and group_by != "node" else rb
+    col = {"zone": table.c.zone, "node": rb.c.instance, "run": table.c.run_id}.get(group_by)
+    src: Any = table
     if col is None:
         col = getattr(runs.c, group_by)
-        src = rb.join(runs, rb.c.run_id == runs.c.run_id)
-    per = _period(rb.c.hour, period, lo, hi).label("period")
-    q = select(col, per, func.count(distinct(rb.c.run_id))).select_from(src).where(*_hours(lo, hi))
+        src = table.join(runs, table.c.run_id == runs.c.run_id)
+    t = table.c.day if table is rd else table.c.hour
+    per = _period(t, period, lo, hi).label("period")
+    q = select(col, per, func.count(distinct(table.c.run_id))).select_from(src).where(t >= lo, t < hi)
     return {(r[0], r[1]): int(r[2]) for r in conn.execute(q.group_by(col, per))}
 
 
-def _min_hour(conn: Connection) -> float:
-    lo = [conn.execute(select(func.min(t.c.hour))).scalar() for t in (rb, nb)]
-    found = [float(x) for x in lo if x is not None]
-    return min(found) if found else 0.0
+def _edge_hour(conn: Connection, first: bool) -> float:
+    """The first or last bucket hour held; 0 for an empty ledger."""
+    edge = func.min if first else func.max
+    found = [float(x) for x in (conn.execute(select(edge(t.c.hour))).scalar() for t in (rb, nb)) if x is not None]
+    if not found:
+        return 0.0
+    return min(found) if first else max(found)
 
 
 def export_runs(conn: Connection, start: float | None, end: float | None, cursor: float) -> list[dict[str, Any]]:

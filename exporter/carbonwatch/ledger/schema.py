@@ -74,6 +74,27 @@ node_buckets = Table(
     PrimaryKeyConstraint("instance", "component", "zone", "hour"),
 )
 
+# Day rollups of the buckets above (day = the UTC day holding the bucket's hour), kept in the same transaction
+# so a month's usage reads ~30 rows per run instead of ~2,000; store.rebuild_days makes them again from the
+# buckets, which stay the facts.
+run_days = Table(
+    "run_days", metadata,
+    Column("run_id", Text, nullable=False),
+    Column("zone", String(100), nullable=False),
+    Column("day", BigInteger, nullable=False),
+    *_bucket()[1:],
+    PrimaryKeyConstraint("run_id", "zone", "day"),
+)
+
+node_days = Table(
+    "node_days", metadata,
+    Column("instance", String(300), nullable=False),
+    Column("zone", String(100), nullable=False),
+    Column("day", BigInteger, nullable=False),
+    *_bucket()[1:],
+    PrimaryKeyConstraint("instance", "zone", "day"),
+)
+
 runs = Table(
     "runs", metadata,
     Column("run_id", Text, primary_key=True),
@@ -127,4 +148,5 @@ prices = Table(
     Column("price_per_kwh", Float, nullable=False),
 )
 
-COUNTED = ("runs", "run_buckets", "node_buckets", "series", "segments", "resets")  # carbonwatch_ledger_rows
+COUNTED = ("runs", "run_buckets", "node_buckets", "run_days", "node_days", "series", "segments",
+           "resets")  # carbonwatch_ledger_rows

@@ -69,7 +69,7 @@ class Ledger:
         prom = prometheus_client(cfg)
         self.engine = db.connect(cfg.database)
         self.syncer = Syncer(self.engine, Source(prom, cfg.replica_labels), delay=cfg.delay, chunk=cfg.chunk,
-                             start=cfg.start)  # fmt: skip
+                             start=cfg.start, progress=self.refresh, progress_every=cfg.interval)  # fmt: skip
         self.collector = snapshot.LedgerCollector(self.syncer.health, self.engine.dialect.name, __version__,
                                                   max(db.MIGRATIONS))
         self.refresh()

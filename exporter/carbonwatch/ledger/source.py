@@ -10,8 +10,9 @@ counts once. `nocache=1` keeps VictoriaMetrics from answering from its rollup ca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from sys import intern
 from typing import Any
 
 from carbonwatch.errors import NetworkError
@@ -34,6 +35,8 @@ LATEST = {  # metadata read as its latest value in the window
     "samples": "carbonwatch_run_samples_total",
     "price": "carbonwatch_electricity_price_per_kwh",
 }
+# each counter is asked in these parts (every series is in exactly one)
+SPLIT = ('component="gpu"', 'component="cpu"', 'component="memory"', 'component!~"gpu|cpu|memory"')
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus_replica")
 WINDOW = 30 * 86400.0  # the longest range VictoriaMetrics answers from its per-day index
 # VictoriaMetrics: no rollup cache and no latency offset; Thanos: an error rather than a partial answer (a store
@@ -72,30 +75,34 @@ class Source:
     def counters(self, start: float, end: float) -> list[RawSeries]:
         """Every raw sample of the counters in (start, end] (servers that include `start` are filtered)."""
         out: list[RawSeries] = []
-        for kind, (name, _) in COUNTERS.items():
-            result = self.prom.raw(f"{name}[{duration_ms(end - start)}]", end, EXTRA)
-            out += self._series(kind, result, start)
+        for kind in COUNTERS:
+            out += list(self.counter(kind, start, end))
         return out
 
-    def _series(self, kind: str, result: Iterable[dict[str, Any]], start: float) -> list[RawSeries]:
-        chosen: dict[tuple[tuple[str, str], ...], tuple[tuple[int, str], RawSeries]] = {}
+    def counter(self, kind: str, start: float, end: float) -> Iterator[RawSeries]:
+        """One counter's raw samples in (start, end], one series per identity; asked per component (and the
+        rest), so a fleet's answer arrives in parts that are dropped once read."""
+        for part in SPLIT:
+            expr = f"{COUNTERS[kind][0]}{{{part}}}[{duration_ms(end - start)}]"
+            yield from self._counter(kind, self.prom.raw(expr, end, EXTRA), start)
+
+    def _counter(self, kind: str, result: list[dict[str, Any]], start: float) -> list[RawSeries]:
+        chosen: dict[str, tuple[tuple[int, str], RawSeries]] = {}
+        drop = {"__name__", *self.replica_labels}
         for entry in result:
-            labels = dict(entry.get("metric") or {})
+            labels = entry.get("metric") or {}
             try:
                 samples = [(float(t), float(v)) for t, v in entry["values"]]
             except (KeyError, TypeError, ValueError):
                 raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
                                    f"[time, value] pairs for {kind}") from None
             samples = [(t, v) for t, v in samples if t > start and math.isfinite(v)]
-            ident = self.identity(labels)
-            replica = ",".join(labels.get(r, "") for r in self.replica_labels)
-            rank = (-len(samples), replica)
-            series = RawSeries(
-                key=kind + "|" + "|".join(f"{k}={v}" for k, v in ident), kind=kind,
-                run_id=labels.get("run_id", ""), instance=labels.get("instance", ""),
-                component=labels.get("component", ""), samples=samples)
-            if ident not in chosen or rank < chosen[ident][0]:
-                chosen[ident] = (rank, series)
+            key = kind + "|" + "|".join([k + "=" + v for k, v in sorted(labels.items()) if k not in drop])
+            rank = (-len(samples), ",".join(labels.get(r, "") for r in self.replica_labels))
+            if key not in chosen or rank < chosen[key][0]:
+                chosen[key] = (rank, RawSeries(key, kind, intern(labels.get("run_id", "")),
+                                               intern(labels.get("instance", "")),
+                                               intern(labels.get("component", "")), samples))
         return [s for _, s in chosen.values() if s.samples]
 
     def latest(self, start: float, end: float) -> dict[str, list[Latest]]:

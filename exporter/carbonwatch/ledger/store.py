@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select
 
 from carbonwatch.contracts import JOULES_PER_KWH
+from carbonwatch.errors import CarbonwatchError
 from carbonwatch.ledger import schema
 from carbonwatch.ledger.accumulate import SeriesState
 from carbonwatch.ledger.db import dialect_insert
@@ -47,6 +48,8 @@ class Batch:
     seen: dict[tuple[str, str], tuple[float, float, float | None]] = field(default_factory=dict)
     zones: dict[str, str] = field(default_factory=dict)
     prices: dict[str, tuple[str, float]] = field(default_factory=dict)
+    floor: float = 60.0  # the gap limit at least (accumulate's `floor`)
+    spacings: list[float] = field(default_factory=list)  # seconds between samples of some series
 
 
 Hook = Callable[[str], None]  # called between statements (tests raise in it to simulate a crash)
@@ -80,10 +83,17 @@ def load_zones(engine: Engine) -> dict[str, str]:
         return {r.instance: r.zone for r in conn.execute(select(schema.zones))}
 
 
-def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> None:
-    """Write `batch` and move the cursor to `batch.until`, atomically."""
+class CursorMoved(CarbonwatchError):
+    """The cursor in the database is not where this process left it: another ledger writes the same
+    database. The window was rolled back; read the state again."""
+
+
+def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook, previous: float | None = None) -> None:
+    """Write `batch` and move the cursor from `previous` (None: no cursor yet) to `batch.until`, atomically.
+    CursorMoved (nothing written) when the database's cursor is not `previous`."""
     with engine.begin() as conn:
         hook("begin")
+        _move_cursor(conn, previous, batch.until, now)
         _zones_prices(conn, batch)
         hook("zones")
         _cells(conn, schema.run_buckets, ("run_id", "instance", "component", "zone", "hour"), batch.run_cells,
@@ -92,6 +102,9 @@ def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> No
         _cells(conn, schema.node_buckets, ("instance", "component", "zone", "hour"), batch.node_cells,
                batch.prices)
         hook("node_buckets")
+        _cells(conn, schema.run_days, ("run_id", "zone", "day"), _days(batch.run_cells, (0, 3)), batch.prices)
+        _cells(conn, schema.node_days, ("instance", "zone", "day"), _days(batch.node_cells, (0, 2)), batch.prices)
+        hook("days")
         _series(conn, batch.series)
         hook("series")
         if batch.resets:
@@ -100,22 +113,43 @@ def commit(engine: Engine, batch: Batch, now: float, hook: Hook = _nohook) -> No
         hook("runs")
         _segments(conn, batch)
         hook("segments")
-        _upsert(conn, schema.cursor, ["source"], [{"source": CURSOR, "synced_until": batch.until,
-                                                   "updated_at": now}])
         hook("cursor")
+
+
+def _move_cursor(conn: Connection, previous: float | None, until: float, now: float) -> None:
+    """First statement of a window: moving the cursor row locks it (PostgreSQL) or the database (SQLite), so
+    a second writer waits, then finds the cursor moved and rolls back instead of counting the window twice."""
+    t = schema.cursor
+    if previous is None:
+        insert: Any = dialect_insert(conn)(t)
+        stmt = insert.values(source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(
+            index_elements=["source"])
+    else:
+        stmt = t.update().where(t.c.source == CURSOR, t.c.synced_until == previous).values(
+            synced_until=until, updated_at=now)
+    if len(conn.execute(stmt.returning(t.c.source)).all()) != 1:  # rowcount is -1 for some drivers
+        raise CursorMoved("another ledger moved the cursor of this database (only one `ledger serve` may write "
+                          "it); this one reads its state again")
 
 
 def _upsert(conn: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]],
             add: Iterable[str] = ()) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE (the columns in `add` are added to), one executemany. The SQL
+    is the same on SQLite and PostgreSQL; it goes to the driver directly (SQLAlchemy's per-row parameter
+    processing would be most of a large window's time)."""
     if not rows:
         return
-    stmt: Any = dialect_insert(conn)(table)
+    cols = list(rows[0])
     add = set(add)
-    updates = {c: (table.c[c] + stmt.excluded[c] if c in add else stmt.excluded[c])
-               for c in rows[0] if c not in keys}  # fmt: skip
-    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=updates) if updates else \
-        stmt.on_conflict_do_nothing(index_elements=keys)
-    conn.execute(stmt, rows)
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sets = [f'"{c}" = "{table.name}"."{c}" + excluded."{c}"' if c in add else f'"{c}" = excluded."{c}"'
+            for c in cols if c not in keys]  # fmt: skip
+    names = ", ".join('"' + c + '"' for c in cols)
+    conflict = ", ".join('"' + k + '"' for k in keys)
+    action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
+    sql = (f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join([mark] * len(cols))}) '
+           f"ON CONFLICT ({conflict}) {action}")
+    conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
 
 
 def _zones_prices(conn: Connection, batch: Batch) -> None:
@@ -136,6 +170,30 @@ def _cells(conn: Connection, table: Any, keys: tuple[str, ...], cells: dict[Any,
         rows.append(row)
     _upsert(conn, table, list(keys), rows,
             add=("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"))
+
+
+def _days(cells: dict[Any, Cell], keep: tuple[int, int]) -> dict[Any, Cell]:
+    """`cells` summed per (key[keep[0]], key[keep[1]], UTC day of the hour)."""
+    out: dict[Any, Cell] = {}
+    for key, cell in cells.items():
+        hour = key[-1]
+        day_cell = out.setdefault((key[keep[0]], key[keep[1]], hour - hour % 86400), [0.0, 0.0, 0.0, 0.0])
+        for i in range(4):
+            day_cell[i] += cell[i]
+    return out
+
+
+def rebuild_days(engine: Engine) -> None:
+    """Make the day rollups again from the hour buckets (after a correction of the buckets)."""
+    cols = ("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost")
+    with engine.begin() as conn:
+        for days, hours, keys in ((schema.run_days, schema.run_buckets, ("run_id", "zone")),
+                                  (schema.node_days, schema.node_buckets, ("instance", "zone"))):
+            conn.execute(days.delete())
+            day = (hours.c.hour - hours.c.hour % 86400).label("day")
+            q = select(*(hours.c[k] for k in keys), day, *(func.sum(hours.c[c]).label(c) for c in cols))
+            conn.execute(days.insert().from_select([*keys, "day", *cols], q.group_by(*(hours.c[k] for k in keys),
+                                                                                      day)))
 
 
 def _series(conn: Connection, rows: dict[str, SeriesRow]) -> None:

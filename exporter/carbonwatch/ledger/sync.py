@@ -6,16 +6,17 @@ nothing; it is read again at the next sync.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from carbonwatch.errors import CarbonwatchError, ConfigError
 from carbonwatch.ledger import store
-from carbonwatch.ledger.accumulate import accumulate
+from carbonwatch.ledger.accumulate import MIN_GAP, accumulate
 from carbonwatch.ledger.source import COUNTERS, Latest, RawSeries, Source
 from carbonwatch.ledger.store import Batch, Hook, SeriesRow
 
@@ -24,6 +25,8 @@ log = logging.getLogger("carbonwatch.ledger")
 SEGMENT_GAP = 600.0  # seconds without a sample of a run on a node that end one of its segments
 MAX_SAMPLES = 400_000  # raw samples per chunk the ledger aims at (memory of one answer)
 MIN_CHUNK = 15.0
+SPACINGS = 2000  # series whose sample spacing tells the fleet's scrape interval, per window
+MAX_FLOOR = 600.0  # the gap limit learnt from the fleet never exceeds this
 
 
 @dataclass
@@ -36,11 +39,12 @@ class Health:
     ready: bool = False
 
 
-def build_batch(start: float, end: float, raw: list[RawSeries], latest: dict[str, list[Latest]],
+def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict[str, list[Latest]],
                 states: dict[str, SeriesRow], zones: dict[str, str],
-                prices: dict[str, tuple[str, float]]) -> Batch:
-    """What the window (start, end] adds, from its raw counter samples and latest metadata (pure)."""
-    batch = Batch(until=end)
+                prices: dict[str, tuple[str, float]], floor: float = MIN_GAP) -> Batch:
+    """What the window (start, end] adds, from its raw counter samples and latest metadata (pure). `raw` may
+    be a generator: each counter's answer is dropped once accumulated."""
+    batch = Batch(until=end, floor=floor)
     for row in latest.get("node_info", []):
         if row.labels.get("instance") and "zone" in row.labels:
             batch.zones[row.labels["instance"]] = row.labels["zone"]
@@ -57,9 +61,11 @@ def build_batch(start: float, end: float, raw: list[RawSeries], latest: dict[str
 
 
 def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: str) -> None:
-    acc = accumulate(held.state if held else None, series.samples, COUNTERS[series.kind][1])
+    acc = accumulate(held.state if held else None, series.samples, COUNTERS[series.kind][1], floor=batch.floor)
     if acc.state is None or acc.new_samples == 0:
         return
+    if held and len(batch.spacings) < SPACINGS:
+        batch.spacings.append((acc.state.last_time - held.state.last_time) / acc.new_samples)
     batch.series[series.key] = SeriesRow(series.kind, series.run_id, series.instance, series.component, acc.state)
     col = 1 if series.kind.endswith("emissions") else 0
     run = series.kind.startswith("run_")
@@ -75,7 +81,8 @@ def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: s
                              "metric": series.kind, "time": r.time, "value_before": r.value_before,
                              "value_after": r.value_after})
     if run:
-        first = min(t for t, _ in series.samples if not held or t > held.state.last_time)
+        after = held.state.last_time if held else float("-inf")
+        first = min([t for t, _ in series.samples if t > after])
         prev = held.state.last_time if held and first - held.state.last_time <= SEGMENT_GAP \
             and not acc.resets else None
         t0, t1, p = batch.seen.get((series.run_id, series.instance), (first, acc.state.last_time, prev))
@@ -113,16 +120,22 @@ class Syncer:
 
     def __init__(self, engine: Engine, source: Source, delay: float = 15.0, chunk: float = 3600.0,
                  start: float | None = None, clock: Callable[[], float] = time.time,
-                 hook: Hook | None = None) -> None:
+                 hook: Hook | None = None, progress: Callable[[], None] | None = None,
+                 progress_every: float = 30.0) -> None:
         self.engine, self.source = engine, source
         self.delay, self.chunk, self.start = delay, chunk, start
         self.clock = clock
         self.hook = hook
-        self.health = Health(cursor=store.load_cursor(engine), ready=True)
+        self.progress, self.progress_every = progress, progress_every  # called now and then in a long catch-up
+        self._progressed = time.monotonic()
+        self.stored = store.load_cursor(engine)  # the cursor as the database holds it
+        self.health = Health(cursor=self.stored, ready=True)
         self.states = store.load_states(engine)
         self.zones = store.load_zones(engine)
         self.prices = store.load_prices(engine)
         self.rate = 0.0  # raw samples per second of data seen in the last chunk
+        self.cap = chunk  # the longest chunk the server has not refused as too large
+        self.floor = MIN_GAP  # the gap limit below which no series' gap is an estimate
         self.lock = threading.Lock()
 
     def initial_cursor(self, until: float) -> float:
@@ -133,8 +146,8 @@ class Syncer:
 
     def chunk_length(self) -> float:
         if self.rate <= 0:
-            return self.chunk
-        return max(MIN_CHUNK, min(self.chunk, MAX_SAMPLES / self.rate))
+            return self.cap
+        return max(MIN_CHUNK, min(self.cap, MAX_SAMPLES / self.rate))
 
     def sync(self) -> bool:
         """Catch up; True when the cursor reached now - delay. Errors are counted and logged, never raised."""
@@ -171,21 +184,40 @@ class Syncer:
             except ConfigError as exc:
                 if "sample" not in str(exc) or end - cursor <= MIN_CHUNK:
                     raise
-                self.rate = max(self.rate * 2, 2 * MAX_SAMPLES / (end - cursor))  # the answer was too big
+                self.cap = max(MIN_CHUNK, (end - cursor) / 2)  # the answer would have been too big
+                log.info("the server refused %gs of samples as too many; chunks of %gs from now on",
+                         end - cursor, self.cap)
                 continue
             cursor = end
+            if self.progress is not None and cursor < until and \
+                    time.monotonic() - self._progressed >= self.progress_every:
+                self.progress()  # e.g. /metrics shows how far a catch-up got
+                self._progressed = time.monotonic()
 
     def window(self, start: float, end: float) -> None:
-        raw = self.source.counters(start, end)
         latest = self.source.latest(start, end)
-        batch = build_batch(start, end, raw, latest, self.states, self.zones, self.prices)
+        count = [0]
+        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices,
+                            self.floor)
         try:
-            store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None))
+            store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None), previous=self.stored)
         except BaseException:
             self.states = store.load_states(self.engine)
+            self.stored = store.load_cursor(self.engine)
+            if self.stored is not None:
+                self.health.cursor = self.stored
             raise
+        self.stored = end
         self.states.update(batch.series)
         self.zones.update(batch.zones)
         self.prices.update(batch.prices)
         self.health.cursor = end
-        self.rate = sum(len(s.samples) for s in raw) / max(end - start, 1e-3)
+        self.rate = count[0] / max(end - start, 1e-3)
+        if batch.spacings:  # 2 x the fleet's median spacing: what a window too short for one series' own says
+            self.floor = min(MAX_FLOOR, max(MIN_GAP, 2 * statistics.median(batch.spacings)))
+
+    def _raw(self, start: float, end: float, count: list[int]) -> Iterator[RawSeries]:
+        for kind in COUNTERS:
+            for series in self.source.counter(kind, start, end):
+                count[0] += len(series.samples)
+                yield series

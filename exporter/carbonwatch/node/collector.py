@@ -95,6 +95,11 @@ class SnapshotCollector(Collector):
             elif d.component == "memory":
                 f["carbonwatch_memory_power_watts"].add_metric([d.source], d.power_watts)
                 f["carbonwatch_memory_energy_joules"].add_metric([d.source], d.energy_joules)
+        SnapshotCollector._fill_accounts(f, snap)
+
+    @staticmethod
+    def _fill_accounts(f: dict[str, GaugeMetricFamily | CounterMetricFamily], snap: Snapshot) -> None:
+        """Processes, runs and containers."""
         present = {d.component for d in snap.devices}
         for p in snap.processes:
             pid = "other" if p.pid < 0 else str(p.pid)
@@ -105,7 +110,8 @@ class SnapshotCollector(Collector):
                 f["carbonwatch_process_power_watts"].add_metric(lv, p.power_watts.get(comp, 0.0))
                 f["carbonwatch_process_energy_joules"].add_metric(lv, p.energy_joules.get(comp, 0.0))
         for r in snap.runs:
-            f["carbonwatch_run_info"].add_metric([r.run_id, r.origin] + [r.labels.get(k, "") for k in RUN_LABELS], 1)
+            labels = [r.labels.get(k, "") for k in RUN_LABELS]
+            f["carbonwatch_run_info"].add_metric([r.run_id, r.origin, *labels, "", ""], 1)  # host, status: the client's
             for comp, source in sorted(r.sources.items()):
                 f["carbonwatch_run_source_info"].add_metric([r.run_id, comp, source], 1)
             for comp in COMPONENTS:
@@ -122,6 +128,12 @@ class SnapshotCollector(Collector):
                     f["carbonwatch_container_energy_joules"].add_metric(lv, c.energy_joules[comp])
                     if comp in c.emissions_grams:
                         f["carbonwatch_container_emissions_grams"].add_metric(lv, c.emissions_grams[comp])
+        SnapshotCollector._fill_node(f, snap)
+
+    @staticmethod
+    def _fill_node(f: dict[str, GaugeMetricFamily | CounterMetricFamily], snap: Snapshot) -> None:
+        """The node's totals, intensity, unattributed rest and collectors."""
+        present = {d.component for d in snap.devices}
         for comp in COMPONENTS:
             if comp in snap.node_energy_joules:
                 f["carbonwatch_energy_joules"].add_metric([comp], snap.node_energy_joules[comp])

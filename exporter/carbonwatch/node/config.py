@@ -42,7 +42,6 @@ class MemoryConfig:
 
 @dataclass
 class GpuConfig:
-    nvml_module: str = "pynvml"  # dotted path of an NVML-compatible module (tests inject a fake)
     counter_interval: float = 5.0  # seconds between reads of the energy counter (carried by averaged power between)
     process_interval: float = 5.0  # seconds between reads of the per-process utilisation samples
 
@@ -231,9 +230,10 @@ def _apply_memory_gpu(cfg: ExporterConfig, mem: Mapping[str, Any], gpu: Mapping[
         cfg.memory.source = _choice("memory.source", mem["source"], ("auto", "rapl", "model"))
     if "watts_per_gb" in mem:
         cfg.memory.watts_per_gb = _positive("memory.watts_per_gb", mem["watts_per_gb"], allow_zero=True)
-    _unknown("gpu", gpu, {f.name for f in fields(GpuConfig)})
     if "nvml_module" in gpu:
-        cfg.gpu.nvml_module = str(_check_type("gpu.nvml_module", gpu["nvml_module"], str))
+        raise ConfigError("gpu.nvml_module: no longer a setting: the exporter always loads pynvml (a test injects "
+                          "a fake NVML through NvmlSource's constructor); remove the key")
+    _unknown("gpu", gpu, {f.name for f in fields(GpuConfig)})
     for key in ("counter_interval", "process_interval"):
         if key in gpu:
             setattr(cfg.gpu, key, parse_duration(gpu[key], f"gpu.{key}"))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.node.identity import ContainerRef, RunIdentity
 from carbonwatch.node.model import ContainerState, RunState
+from carbonwatch.node.stateschema import CountersRecord
 
 # An ended run nobody scrapes (no Prometheus, or one that is down) is kept at most this long past its linger.
 UNSCRAPED_MAX_SECONDS = 86400.0
@@ -115,10 +115,10 @@ class Counters:
 
     # -- across restarts ---------------------------------------------------------------------------
 
-    def export(self, now: float, wall: float) -> dict[str, Any]:
+    def export(self, now: float, wall: float) -> CountersRecord:
         """Plain JSON-able data; times are stored as wall clock (the monotonic clock restarts with us)."""
         return {
-            "devices": [[c, k, s, v] for (c, k, s), v in sorted(self.devices.items())],
+            "devices": [(c, k, s, v) for (c, k, s), v in sorted(self.devices.items())],
             "node_energy_joules": dict(self.node_energy),
             "node_emissions_grams": dict(self.node_emissions),
             "unattributed_energy_joules": dict(self.unattributed),
@@ -141,36 +141,29 @@ class Counters:
             ],
         }
 
-    def restore(self, state: Mapping[str, Any], now: float, wall: float, linger: float) -> set[str]:
+    def restore(self, state: CountersRecord, now: float, wall: float, linger: float) -> set[str]:
         """Continue from `state` (validated by carbonwatch.node.state.parse). Runs and containers whose linger ran
         out while the exporter was down are not brought back. Returns the components restored."""
         components: set[str] = set()
-        for comp, key, source, value in state.get("devices", []):
+        for comp, key, source, value in state["devices"]:
             self.devices[(comp, key, source)] = float(value)
             components.add(comp)
-        self.node_energy = {k: float(v) for k, v in state.get("node_energy_joules", {}).items()}
-        self.node_emissions = {k: float(v) for k, v in state.get("node_emissions_grams", {}).items()}
-        self.unattributed = {k: float(v) for k, v in state.get("unattributed_energy_joules", {}).items()}
-        for rid, r in state.get("runs", {}).items():
-            age = max(0.0, wall - float(r.get("last_seen_wall", wall)))
+        self.node_energy = dict(state["node_energy_joules"])
+        self.node_emissions = dict(state["node_emissions_grams"])
+        self.unattributed = dict(state["unattributed_energy_joules"])
+        for rid, r in state["runs"].items():
+            age = max(0.0, wall - r["last_seen_wall"])
             if age > linger:
                 continue
-            self.runs[rid] = RunState(
-                rid,
-                energy_joules={k: float(v) for k, v in r.get("energy_joules", {}).items()},
-                sources=dict(r.get("sources", {})),
-                last_seen=now - age,
-                emissions_grams={k: float(v) for k, v in r.get("emissions_grams", {}).items()},
-                origin=str(r.get("origin", "")),
-                labels=dict(r.get("labels", {})),
-            )
-        for c in state.get("containers", []):
-            age = max(0.0, wall - float(c.get("last_seen_wall", wall)))
+            self.runs[rid] = RunState(rid, energy_joules=dict(r["energy_joules"]), sources=dict(r["sources"]),
+                                      last_seen=now - age, emissions_grams=dict(r["emissions_grams"]),
+                                      origin=r["origin"], labels=dict(r["labels"]))  # fmt: skip
+        for c in state["containers"]:
+            age = max(0.0, wall - c["last_seen_wall"])
             if age > linger:
                 continue
-            box = ContainerState(c["namespace"], c["pod"], c["container"],
-                                 {k: float(v) for k, v in c.get("energy_joules", {}).items()},
-                                 {k: float(v) for k, v in c.get("emissions_grams", {}).items()}, now - age)
+            box = ContainerState(c["namespace"], c["pod"], c["container"], dict(c["energy_joules"]),
+                                 dict(c["emissions_grams"]), now - age)
             self.containers[(box.namespace, box.pod, box.container)] = box
         return components
 

@@ -32,10 +32,12 @@ from carbonwatch.node.config import (
 )
 from carbonwatch.node.identity import IdentityResolver, build_resolver
 from carbonwatch.node.model import FatalSourceError
-from carbonwatch.node.sampler import Sampler, Sources, build_sources
+from carbonwatch.node.registration import HEARTBEAT
+from carbonwatch.node.sampler import Sampler
+from carbonwatch.node.sources.nvml import Nvml
+from carbonwatch.node.sources.wiring import Sources, build_sources
 from carbonwatch.node.state import StateStore
 from carbonwatch.node.web import Landing, Route, WebServer, load_web_config
-from carbonwatch.registration import HEARTBEAT
 
 log = logging.getLogger("carbonwatch.node.exporter")
 
@@ -71,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def web_config_what(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
     """Which flag, variable or key named the web configuration file (for error messages)."""
     env = os.environ if environ is None else environ
-    if getattr(args, "web_config_file", None):
+    if args.web_config_file:
         return "--web.config.file"
     return "CARBONWATCH_WEB_CONFIG_FILE" if env.get(ENV_PREFIX + "WEB_CONFIG_FILE") else "web.config_file"
 
@@ -101,7 +103,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     listen = args.listen_address or env.get(ENV_PREFIX + "WEB_LISTEN_ADDRESS")
     if listen:
         cfg.listen_address = listen
-    web_config = getattr(args, "web_config_file", None) or env.get(ENV_PREFIX + "WEB_CONFIG_FILE")
+    web_config = args.web_config_file or env.get(ENV_PREFIX + "WEB_CONFIG_FILE")
     if web_config:
         cfg.web_config_file = web_config
     if cfg.web_config_file:
@@ -110,9 +112,9 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     if interval:
         what = "--sample-interval" if args.sample_interval else "CARBONWATCH_SAMPLE_INTERVAL"
         cfg.sample_interval = parse_duration(interval, what)
-    storage = getattr(args, "storage_path", None) or env.get(ENV_PREFIX + "STORAGE_PATH")
+    storage = args.storage_path or env.get(ENV_PREFIX + "STORAGE_PATH")
     if storage:
-        what = "--storage.path" if getattr(args, "storage_path", None) else "CARBONWATCH_STORAGE_PATH"
+        what = "--storage.path" if args.storage_path else "CARBONWATCH_STORAGE_PATH"
         cfg.storage.path = check_storage_path(storage, what)
     zone = args.zone or env.get(ENV_PREFIX + "ZONE")
     what = f"zone (in {path})"
@@ -122,7 +124,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     if not getattr(args, "allow_unknown", False):  # as `run` and `intensity`: no silent world average
         check_zones(cfg, what, path)
     for c in COLLECTORS:
-        flag = getattr(args, f"collector_{c}", None)
+        flag = getattr(args, f"collector_{c}", None)  # one flag per collector, named at run time
         if flag is None:
             flag = _env_bool(env, f"{ENV_PREFIX}COLLECTOR_{c.upper()}")
         if flag is not None:
@@ -142,7 +144,7 @@ def check_zones(cfg: ExporterConfig, what: str, path: str | None) -> None:
 
 def node_labels(cfg: ExporterConfig, sources: Sources, sampler: Sampler) -> dict[str, str]:
     snap = sampler.snapshot()
-    cpu_model = getattr(sources.cpu_model, "cpu_model", "") or ""
+    cpu_model = (sources.cpu_model.cpu_model if sources.cpu_model is not None else "") or ""
     return {
         "zone": cfg.zone,
         "cpu_model": str(cpu_model),
@@ -185,10 +187,10 @@ class Node:
     and identity resolver, and the durable counters. `start()` restores the counters and starts the
     background threads; `close()` stops them and writes the counters one last time."""
 
-    def __init__(self, cfg: ExporterConfig) -> None:
+    def __init__(self, cfg: ExporterConfig, nvml: Nvml | None = None) -> None:
         self.cfg = cfg
         self.feed = feed_from_config(cfg.intensity, cfg.zone)
-        self.sources = build_sources(cfg)
+        self.sources = build_sources(cfg, nvml=nvml)
         self.resolver = build_resolver(cfg)
         self.sampler = Sampler(cfg, self.sources, intensity=self.feed.in_use, resolver=self.resolver)
         self.store = StateStore(cfg.storage.path)
@@ -230,7 +232,8 @@ class Node:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.resolver.close()
-        self.save()
+        self.store.write(self.sampler.export_state())
+        remove_heartbeat(self.cfg.process.spool_dir)  # run clients started from now on measure locally
 
     def routes(self) -> dict[str, Callable[[Mapping[str, list[str]]], tuple[int, bytes, str]]]:
         """Extra GET routes: `/intensity` (the fleet feed, JSON) and `/-/healthy`."""
@@ -258,6 +261,14 @@ def touch_heartbeat(spool: str) -> None:
         pass  # a spool directory we may not write: clients then measure locally, as without an exporter
 
 
+def remove_heartbeat(spool: str) -> None:
+    """A clean stop: no exporter measures this node any more."""
+    try:
+        os.unlink(os.path.join(spool, HEARTBEAT))
+    except OSError:
+        pass
+
+
 def serve(
     host: str,
     port: int,
@@ -277,11 +288,12 @@ def serve(
                      landing=landing, what=what)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, nvml: Nvml | None = None) -> int:
+    """`carbonwatch exporter`; `nvml` replaces pynvml (a test's fake NVML, see tests/fakes/exporter.py)."""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
-    node = Node(cfg)
+    node = Node(cfg, nvml=nvml)
     try:
         node.start()
     except FatalSourceError as exc:

@@ -102,6 +102,8 @@ class Measured:
     unattributed: float = 0.0
     unknown: list[ProcKey] = field(default_factory=list)  # GPU users not visible in our /proc
     source: str = ""  # where this component's energy came from in this sample
+    status: CollectorStatus | None = None  # what the meter says of its collector in this sample (None: nothing)
+    status_fallback: bool = False  # `status` holds only where nothing else was said of the collector
 
 
 # -- meters ------------------------------------------------------------------------------------------------
@@ -213,7 +215,41 @@ def cpu_seconds_in_interval(iv: Interval) -> dict[ProcKey, float]:
     return out
 
 
-class CpuMeter:
+class _RaplOrModelMeter:
+    """A component measured by RAPL zones (unless its source is `model`), else by a labelled power model; the
+    interval's energy is then split among processes by `_split`. The meter says how its collector did in
+    `Measured.status`; it never writes into the sampler's state."""
+
+    component = ""
+
+    def __init__(self, cfg: ExporterConfig, rapl: RaplDeltas) -> None:
+        self.cfg = cfg
+        self.rapl = rapl
+        self.source = ""
+
+    def measure(self, reading: RaplReadingLike | None, iv: Interval, rapl_seconds: float = 0.0) -> Measured:
+        """This interval's energy and its split; `rapl_seconds` is how long the RAPL read took."""
+        out = Measured()
+        de = self._energy(reading, iv, out, rapl_seconds)
+        out.source = self.source or SOURCE_MODEL
+        if de is not None:
+            self._split(de, iv, out)
+        return out
+
+    def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
+                rapl_seconds: float) -> float | None:  # fmt: skip
+        raise NotImplementedError
+
+    def _split(self, de: float, iv: Interval, out: Measured) -> None:
+        raise NotImplementedError
+
+    def _rapl_unless_resuming(self, deltas: list[float | None], iv: Interval, source: str, has_model: bool) -> bool:
+        """Whether RAPL measures this interval: not where RAPL is readable again after a gap the model filled
+        (source auto), where this interval only set RAPL's baselines."""
+        return not (_resuming(deltas, iv) and source == "auto" and has_model)
+
+
+class CpuMeter(_RaplOrModelMeter):
     """CPU packages from RAPL (unless `cpu.source: model`), else the labelled model (TDP x utilisation from
     /proc/stat). A process gets the share of all CPU time the machine had (busy and idle) that it used; busy
     time of processes not read individually goes to pid="other"; idle time stays unattributed."""
@@ -221,17 +257,12 @@ class CpuMeter:
     component = "cpu"
 
     def __init__(self, cfg: ExporterConfig, model: CpuModel | None, rapl: RaplDeltas) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, rapl)
         self.model = model
-        self.rapl = rapl
-        self.source = ""
 
-    def measure(self, reading: RaplReadingLike | None, iv: Interval, status: dict[str, CollectorStatus]) -> Measured:
-        out = Measured()
-        de = self._energy(reading, iv, out, status)
-        out.source = self.source or SOURCE_MODEL
-        if de is None or iv.prev_cpu_times is None or iv.cpu_times is None:
-            return out
+    def _split(self, de: float, iv: Interval, out: Measured) -> None:
+        if iv.prev_cpu_times is None or iv.cpu_times is None:
+            return
         weights = cpu_seconds_in_interval(iv)
         d_total = iv.cpu_times.total - iv.prev_cpu_times.total
         parts, rest = attribution.split_by_capacity(de, weights, d_total)
@@ -239,26 +270,26 @@ class CpuMeter:
         unseen = max(0.0, (iv.cpu_times.busy - iv.prev_cpu_times.busy) - sum(weights.values()))
         out.other = min(rest, de * unseen / d_total) if d_total > 0 else 0.0
         out.unattributed = rest - out.other
-        return out
 
     def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
-                status: dict[str, CollectorStatus]) -> float | None:
-        if reading is not None and reading.packages and self.cfg.cpu.source != "model":
+                rapl_seconds: float) -> float | None:  # fmt: skip
+        source = self.cfg.cpu.source
+        if reading is not None and reading.packages and source != "model":
             deltas = [(p.key, self.rapl.delta(f"cpu:{p.key}", p.energy_joules, iv.dt)) for p in reading.packages]
-            if not (_resuming([d for _, d in deltas], iv) and self.cfg.cpu.source == "auto" and self.model is not None):
+            if self._rapl_unless_resuming([d for _, d in deltas], iv, source, self.model is not None):
                 self.source = SOURCE_RAPL
                 total: float | None = 0.0
                 for key, de in deltas:
                     out.devices.append(DeviceDelta("cpu", key, SOURCE_RAPL, de, None))
                     total = None if (de is None or total is None) else total + de
-                status["cpu"] = CollectorStatus(True, status.get("rapl", CollectorStatus(True, 0.0)).duration_seconds)
+                out.status = CollectorStatus(True, rapl_seconds)
                 return total
-            # RAPL readable again after a gap the model filled: this interval only set RAPL's baselines
-        if self.cfg.cpu.source == "rapl":
-            status["cpu"] = CollectorStatus(False, 0.0, "cpu.source is rapl but RAPL could not be read")
+        if source == "rapl":
+            out.status = CollectorStatus(False, 0.0, "cpu.source is rapl but RAPL could not be read")
             return None
         if self.model is None or iv.cpu_times is None:
-            status.setdefault("cpu", CollectorStatus(False, 0.0, "no CPU time from /proc/stat for the CPU model"))
+            out.status = CollectorStatus(False, 0.0, "no CPU time from /proc/stat for the CPU model")
+            out.status_fallback = True
             return None
         self.source = SOURCE_MODEL
         t0 = time.perf_counter()
@@ -269,28 +300,21 @@ class CpuMeter:
         power = float(self.model.power_watts(min(max(util, 0.0), 1.0)))
         de = power * iv.dt
         out.devices.append(DeviceDelta("cpu", "all", SOURCE_MODEL, de, power))
-        status["cpu"] = CollectorStatus(True, time.perf_counter() - t0)
+        out.status = CollectorStatus(True, time.perf_counter() - t0)
         return de
 
 
-class MemoryMeter:
+class MemoryMeter(_RaplOrModelMeter):
     """Memory from RAPL dram zones (unless `memory.source: model`), else W/GB installed; a process gets its
     RSS share of installed memory; between full scans the RSS of processes not read goes to pid="other"."""
 
     component = "memory"
 
     def __init__(self, cfg: ExporterConfig, model: MemoryModel | None, rapl: RaplDeltas) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, rapl)
         self.model = model
-        self.rapl = rapl
-        self.source = ""
 
-    def measure(self, reading: RaplReadingLike | None, iv: Interval, status: dict[str, CollectorStatus]) -> Measured:
-        out = Measured()
-        de = self._energy(reading, iv, out, status)
-        out.source = self.source or SOURCE_MODEL
-        if de is None:
-            return out
+    def _split(self, de: float, iv: Interval, out: Measured) -> None:
         parts, rest = attribution.split_by_capacity(
             de, {k: float(p.rss_bytes) for k, p in iv.procs.items()}, float(iv.mem_total)
         )
@@ -298,21 +322,20 @@ class MemoryMeter:
         if not iv.full and iv.mem_total:
             out.other = min(rest, de * iv.folded_rss / iv.mem_total)
         out.unattributed = rest - out.other
-        return out
 
     def _energy(self, reading: RaplReadingLike | None, iv: Interval, out: Measured,
-                status: dict[str, CollectorStatus]) -> float | None:
+                rapl_seconds: float) -> float | None:  # fmt: skip
+        source = self.cfg.memory.source
         dram = reading.dram if reading is not None else None
-        if dram is not None and dram.energy_joules is not None and self.cfg.memory.source != "model":
+        if dram is not None and dram.energy_joules is not None and source != "model":
             rapl_de = self.rapl.delta("memory", dram.energy_joules, iv.dt)
-            if not (_resuming([rapl_de], iv) and self.cfg.memory.source == "auto" and self.model is not None):
+            if self._rapl_unless_resuming([rapl_de], iv, source, self.model is not None):
                 self.source = SOURCE_RAPL
                 out.devices.append(DeviceDelta("memory", "", SOURCE_RAPL, rapl_de, None))
-                status["memory"] = CollectorStatus(True, 0.0)
+                out.status = CollectorStatus(True, 0.0)
                 return rapl_de
-            # RAPL readable again after a gap the model filled: this interval only set RAPL's baseline
-        if self.cfg.memory.source == "rapl":
-            status["memory"] = CollectorStatus(False, 0.0, "memory.source is rapl but RAPL has no dram zone")
+        if source == "rapl":
+            out.status = CollectorStatus(False, 0.0, "memory.source is rapl but RAPL has no dram zone")
             return None
         if self.model is None:
             return None
@@ -320,10 +343,10 @@ class MemoryMeter:
         try:
             power = float(self.model.power_watts())
         except SourceError as exc:
-            status["memory"] = CollectorStatus(False, time.perf_counter() - t0, str(exc))
+            out.status = CollectorStatus(False, time.perf_counter() - t0, str(exc))
             return None
         self.source = SOURCE_MODEL
-        status["memory"] = CollectorStatus(True, time.perf_counter() - t0)
+        out.status = CollectorStatus(True, time.perf_counter() - t0)
         if iv.dt is None:
             return None
         de = power * iv.dt

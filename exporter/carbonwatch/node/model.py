@@ -128,7 +128,7 @@ class RunState:
     last_seen: float = 0.0  # monotonic time its last process was seen
     live_processes: int = 0
     emissions_grams: dict[str, float] = field(default_factory=dict)  # component -> g CO2e, sum of dE x I(t)
-    origin: str = ""  # how its processes were found to belong to it: env, registration, parent, kubernetes, slurm
+    origin: str = ""  # how its processes were found to belong to it: one of contracts.ORIGINS
     labels: dict[str, str] = field(default_factory=dict)  # user, project, model, team where the node knows them
 
 

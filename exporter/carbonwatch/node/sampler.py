@@ -7,15 +7,12 @@ side only ever reads `Sampler.latest`, so scrape cost does not depend on the num
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from carbonwatch.intensity.providers import IntensityInUse
 from carbonwatch.node.config import ExporterConfig
@@ -23,17 +20,13 @@ from carbonwatch.node.counters import Counters, grams_per_joule
 from carbonwatch.node.identity import ContainerRef, IdentityResolver, ProcessIdentity, Resolver
 from carbonwatch.node.meters import (
     CpuMeter,
-    CpuModel,
     DeviceDelta,
     GpuMeter,
-    GpuSource,
     Interval,
     Measured,
     MemoryMeter,
-    MemoryModel,
     ProcKey,
     RaplDeltas,
-    RaplLike,
     RaplReadingLike,
     weakest,
 )
@@ -50,9 +43,13 @@ from carbonwatch.node.model import (
     SourceAbsent,
     SourceError,
 )
+from carbonwatch.node.registration import Registration, RegistrationReader
+from carbonwatch.node.selection import ProcessSelection
 from carbonwatch.node.sources.memory import read_mem_total_bytes
-from carbonwatch.node.sources.procs import ProcScanner
-from carbonwatch.registration import Registration, RegistrationReader
+from carbonwatch.node.sources.wiring import Sources, build_sources
+from carbonwatch.node.stateschema import CountersRecord
+
+__all__ = ["Sampler", "Sources", "build_sources"]  # (the sources' wiring is in sources/wiring.py)
 
 log = logging.getLogger("carbonwatch.node.sampler")
 
@@ -60,89 +57,9 @@ OTHER = "other"
 T = TypeVar("T")
 
 
-class RegistrationSource(Protocol):
-    def read(self) -> list[Registration]: ...
-
-    def consumed(self, reg: Registration) -> None: ...
-
-
-@dataclass
-class Sources:
-    """What the sampler reads. Any may be None (collector disabled or unavailable); `errors` names the
-    sources that could not even be set up (the sampler reports those collectors as failed)."""
-
-    procs: ProcScanner | None = None
-    nvml: GpuSource | None = None
-    rapl: RaplLike | None = None
-    rapl_expected: bool = False  # a powercap tree exists: failing to read it is a degradation
-    cpu_model: CpuModel | None = None
-    memory_model: MemoryModel | None = None
-    registrations: RegistrationSource | None = None
-    errors: dict[str, str] = field(default_factory=dict)
-
-
-def _import_nvml(dotted: str) -> ModuleType:
-    return importlib.import_module(dotted)
-
-
-def build_sources(cfg: ExporterConfig) -> Sources:
-    """Sources for a config. Never raises for a missing device: the sampler reports it per collector."""
-    from carbonwatch.node.sources.cpumodel import CpuPowerModel
-    from carbonwatch.node.sources.memory import MemoryPowerModel
-    from carbonwatch.node.sources.rapl import RaplSource
-
-    s = Sources()
-    on = cfg.collectors
-    if on.get("process", True) or on.get("cpu", True):
-        s.procs = ProcScanner(cfg.process.proc_root)
-    if on.get("process", True):
-        s.registrations = RegistrationReader(
-            cfg.process.spool_dir, cfg.process.proc_root, cfg.process.max_registrations
-        )
-    if on.get("gpu", True):
-        from carbonwatch.node.sources.nvml import NvmlSource
-
-        module: ModuleType | None = None
-        if cfg.gpu.nvml_module != "pynvml":
-            module = _import_nvml(cfg.gpu.nvml_module)
-        # connects on its first read: a missing driver is reported per sample; NVML pids are checked in proc_root
-        s.nvml = NvmlSource(module, proc_root=cfg.process.proc_root, counter_seconds=cfg.gpu.counter_interval,
-                            process_seconds=cfg.gpu.process_interval)
-    want_rapl = (on.get("cpu", True) and cfg.cpu.source != "model") or (
-        on.get("memory", True) and cfg.memory.source != "model"
-    )
-    if want_rapl:
-        s.rapl_expected = _has_rapl_zones(cfg.cpu.powercap_root) or "rapl" in (cfg.cpu.source, cfg.memory.source)
-        if s.rapl_expected:
-            s.rapl = RaplSource(cfg.cpu.powercap_root)
-    if on.get("cpu", True):
-        try:
-            s.cpu_model = CpuPowerModel(
-                proc_root=cfg.process.proc_root,
-                tdp_watts=cfg.cpu.tdp_watts,
-                min_watts_per_cpu=cfg.cpu.min_watts_per_cpu,
-                max_watts_per_cpu=cfg.cpu.max_watts_per_cpu,
-            )
-        except SourceError as exc:
-            s.errors["cpu"] = f"CPU model: {exc}"
-    if on.get("memory", True):
-        try:
-            s.memory_model = MemoryPowerModel(watts_per_gb=cfg.memory.watts_per_gb, proc_root=cfg.process.proc_root)
-        except SourceError as exc:
-            s.errors["memory"] = f"memory model: {exc}"
-    return s
-
-
 def _boot_clock() -> float:
     """Seconds since boot, the clock of /proc/PID/stat start times."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def _has_rapl_zones(root: str) -> bool:
-    try:
-        return any(n.startswith("intel-rapl:") for n in os.listdir(root))
-    except OSError:
-        return False
 
 
 @dataclass
@@ -154,14 +71,6 @@ class _Proc:
     energy: dict[str, float] = field(default_factory=dict)
     power: dict[str, float] = field(default_factory=dict)
     container: ContainerRef | None = None
-
-
-def _list_pids(proc_root: str) -> set[int]:
-    """The pids under `proc_root`: one directory listing, cheap enough for every sample."""
-    try:
-        return {int(n) for n in os.listdir(proc_root) if n.isdigit()}
-    except OSError:
-        return set()
 
 
 class Sampler:
@@ -200,12 +109,10 @@ class Sampler:
         self.memory_meter = MemoryMeter(cfg, sources.memory_model, rapl)
         self.latest: Snapshot | None = None
         self._lock = threading.Lock()
-        self._last_full: float | None = None  # monotonic time of the last full /proc scan
-        self._full_cpu: dict[ProcKey, float] = {}  # CPU seconds of every process at the last full scan
-        self._top: set[ProcKey] = set()  # processes outside runs shown individually (top N at the last full scan)
-        self._folded_rss = 0.0  # RSS of the processes not read between full scans
+        top_n = 0 if only_runs else cfg.process.top_n
+        self.selection = ProcessSelection(sources.procs, cfg.process.scan_interval, top_n,
+                                          (r.pid for r in self.static_registrations))
         self._boot_prev: float | None = None  # seconds since boot at the previous sample
-        self._listed: set[int] = set()  # pids listed at the previous sample: any other pid is new
         self._t: float | None = None
         self._cpu_times: CpuTimes | None = None
         self._procs: dict[ProcKey, _Proc] = {}
@@ -236,27 +143,29 @@ class Sampler:
         intensity = self._intensity(status)
         rapl = self._read_rapl(status)
         gpus = self._read_gpus(status)
-        full = self._last_full is None or t - self._last_full >= self.cfg.process.scan_interval
+        full = self.selection.is_full(t)
         regs = self._read_registrations()
         # before listing /proc: a process missing from this listing started after this moment, so the next
         # sample counts all its CPU time (a process that starts between the listing and a later clock read
         # would be counted from nowhere)
         boot_now = self.boot_clock()
-        pids, listed = (None, None) if full else self._pids_between_scans(gpus, regs)
+        pids, listed = (None, None) if full else self.selection.between_scans(self._in_runs(), self._procs, gpus, regs)
         procs, cpu_times, identities = self._read_procs(status, pids, regs)
-        self._listed = listed if listed is not None else {k[0] for k in procs}
+        self.selection.read(procs, listed)
         prev = {k: a.reading for k, a in self._procs.items()}
-        gone = [k for k in prev if k not in procs and k[0] not in self._listed]
+        gone = [k for k in prev if k not in procs and k[0] not in self.selection.listed]
         iv = Interval(dt, full, procs, prev, gone, self._reg_cpu, cpu_times, self._cpu_times, self._boot_prev,
-                      self._folded_rss, self._memory_total())
+                      self.selection.folded_rss, self._memory_total())
 
         measured: dict[str, Measured] = {"gpu": self.gpu_meter.measure(gpus, iv)}
         for key in measured["gpu"].unknown:  # exited since the last sample, or not in our /proc (pid namespace)
             procs[key] = prev[key] if key in prev else ProcessReading(key[0], 0, "unknown", 0.0, 0, -1.0, None)
-        if self.cfg.collectors.get("cpu", True):
-            measured["cpu"] = self.cpu_meter.measure(rapl, iv, status)
-        if self.cfg.collectors.get("memory", True):
-            measured["memory"] = self.memory_meter.measure(rapl, iv, status)
+        rapl_seconds = status["rapl"].duration_seconds if "rapl" in status else 0.0
+        for meter in (self.cpu_meter, self.memory_meter):
+            if self.cfg.collectors.get(meter.component, True):
+                m = measured[meter.component] = meter.measure(rapl, iv, rapl_seconds)
+                if m.status is not None and not (m.status_fallback and meter.component in status):
+                    status[meter.component] = m.status
 
         factor = grams_per_joule(intensity.grams_per_kwh) if intensity is not None else None
         devices = [self._device(d, dt) for m in measured.values() for d in m.devices]
@@ -267,26 +176,21 @@ class Sampler:
             self._cpu_times = cpu_times
         if dt is None:  # the first sample only sets the baselines
             self._update_procs(procs, identities, {}, 1.0, None)
-            self._after_scan(procs, t, full)
+            self.selection.after_scan(procs, self._in_runs(), t, full)
             return None
         for comp, m in measured.items():
             joules = sum(d.interval_joules for d in devices if d.component == comp)
             if any(d.component == comp for d in devices):
                 self.counters.add_node(comp, joules, m.unattributed, factor)
         self._update_procs(procs, identities, {c: m.parts for c, m in measured.items()}, dt, factor)
-        self._after_scan(procs, t, full)
+        self.selection.after_scan(procs, self._in_runs(), t, full)
         snap = self._build(dt, gpus, devices, measured, status, intensity)
         with self._lock:
             self.latest = snap
         return snap
 
-    def _pids_between_scans(self, gpus: list[GpuReading], regs: list[Registration]) -> tuple[set[int], set[int]]:
-        listed = _list_pids(self.s.procs.proc_root) if self.s.procs is not None else set()
-        pids = self._tracked_pids() | {p.pid for g in gpus for p in g.processes} | {r.pid for r in regs}
-        pids |= listed - self._listed  # every new process is read in the sample after it started
-        if self.s.procs is not None:
-            pids |= self.s.procs.children(k[0] for k, a in self._procs.items() if a.run_id)
-        return pids, listed
+    def _in_runs(self) -> set[ProcKey]:
+        return {k for k, a in self._procs.items() if a.run_id}
 
     def _memory_total(self) -> int:
         if not self.mem_total and self.cfg.collectors.get("memory", True):
@@ -354,7 +258,7 @@ class Sampler:
         return [r for r in regs if not (r.end_cpu_seconds is not None and (r.pid, r.start_time) in self._ended)]
 
     def _end_runs(self, regs: list[Registration], out: dict[ProcKey, ProcessReading]) -> None:
-        """Registrations whose run ended (carbonwatch.registration.end): the process is counted up to the CPU
+        """Registrations whose run ended (carbonwatch.node.registration.end): the process is counted up to the CPU
         time it had at the end, whether it still runs or exited since, and then leaves the run."""
         for r in regs:
             if r.end_cpu_seconds is None or r.start_time is None:
@@ -374,36 +278,6 @@ class Sampler:
             self._leaving.add(key)
             if self.s.registrations is not None:
                 self.s.registrations.consumed(r)
-
-    def _tracked_pids(self) -> set[int]:
-        """Processes read between full scans: those of runs, the top N, and registered roots."""
-        return {k[0] for k, a in self._procs.items() if a.run_id or k in self._top} | {
-            r.pid for r in self.static_registrations
-        }
-
-    def _after_scan(self, procs: dict[ProcKey, ProcessReading], t: float, full: bool) -> None:
-        """After a full scan: rank the processes outside runs by CPU rate since the previous full scan and
-        choose the top N to follow until the next one."""
-        if not full:
-            return
-        span = t - self._last_full if self._last_full is not None else 0.0
-        rates: list[tuple[float, ProcKey]] = []
-        folded_rss = 0.0
-        for k, p in procs.items():
-            acc = self._procs.get(k)
-            if acc is not None and acc.run_id:
-                continue
-            before = self._full_cpu.get(k)
-            # CPU rate since the previous full scan; at the first one, lifetime CPU seconds as the best guess
-            rate = (p.cpu_seconds - before) / span if (before is not None and span > 0) else p.cpu_seconds
-            rates.append((rate, k))
-            folded_rss += p.rss_bytes
-        rates.sort(reverse=True)
-        top_n = 0 if self.only_runs else self.cfg.process.top_n
-        self._top = {k for _, k in rates[:top_n]}
-        self._folded_rss = folded_rss - sum(procs[k].rss_bytes for k in self._top)
-        self._full_cpu = {k: p.cpu_seconds for k, p in procs.items()}
-        self._last_full = t
 
     def _read_procs(
         self, status: dict[str, CollectorStatus], pids: set[int] | None, regs: list[Registration]
@@ -556,7 +430,7 @@ class Sampler:
         shown: list[_Proc] = []
         power = {c: other.get(c, 0.0) / dt for c in self._components}
         for key, a in self._procs.items():
-            if a.run_id or key in self._top or a.power.get("gpu"):  # GPU users are always shown
+            if a.run_id or key in self.selection.top or a.power.get("gpu"):  # GPU users are always shown
                 shown.append(a)
             else:
                 for comp, w in a.power.items():
@@ -570,12 +444,12 @@ class Sampler:
 
     # -- durable counters -------------------------------------------------------------------------
 
-    def export_state(self) -> dict[str, Any]:
+    def export_state(self) -> CountersRecord:
         """The counters that must survive a restart, as plain JSON-able data (see carbonwatch.node.state)."""
         with self._lock:
             return self.counters.export(self.clock(), self.wall())
 
-    def restore_state(self, state: Mapping[str, Any]) -> None:
+    def restore_state(self, state: CountersRecord) -> None:
         """Continue every counter from `state` (as written by `export_state`, validated by carbonwatch.node.state)."""
         with self._lock:
             self._components |= self.counters.restore(state, self.clock(), self.wall(), self.cfg.process.run_linger)

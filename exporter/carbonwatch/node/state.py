@@ -24,10 +24,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from carbonwatch.node.stateschema import ContainerRecord, CountersRecord, DeviceRecord, RunRecord, StateRecord
 
 log = logging.getLogger("carbonwatch.node.state")
 
@@ -49,7 +50,7 @@ class StateError(ValueError):
 @dataclass
 class Restore:
     status: str  # restored | missing | corrupt | unreadable
-    state: dict[str, Any] | None
+    state: StateRecord | None
     detail: str = ""
 
 
@@ -103,12 +104,10 @@ class StateStore:
 
     # -- write ------------------------------------------------------------------------------------
 
-    def write(self, state: Mapping[str, Any]) -> bool:
+    def write(self, state: CountersRecord) -> bool:
         """Atomically replace the state file. False (logged once per failure streak, counted) on error."""
-        body = dict(state)
-        body["format"] = FORMAT
-        body["version"] = VERSION
-        body["saved_at"] = self.wall()
+        saved_at = self.wall()
+        body = {**state, "format": FORMAT, "version": VERSION, "saved_at": saved_at}
         data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
         with self._lock:
             tmp = None
@@ -138,7 +137,7 @@ class StateStore:
             if self._logged_failure:
                 log.info("state file %s written again", self.path)
             self._logged_failure = False
-            self.last_write = body["saved_at"]
+            self.last_write = saved_at
             return True
 
     def status(self) -> tuple[str, int, float | None]:
@@ -148,25 +147,25 @@ class StateStore:
 # -- validation -------------------------------------------------------------------------------------
 
 
-def _number(v: Any, what: str) -> float:
+def _number(v: object, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise StateError(f"{what}: {v!r} is not a finite number >= 0")
     return float(v)
 
 
-def _counters(v: Any, what: str) -> dict[str, float]:
+def _counters(v: object, what: str) -> dict[str, float]:
     if not isinstance(v, dict):
         raise StateError(f"{what}: expected an object")
     return {str(k): _number(x, f"{what}.{k}") for k, x in v.items()}
 
 
-def _strings(v: Any, what: str) -> dict[str, str]:
+def _strings(v: object, what: str) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
         raise StateError(f"{what}: expected an object of strings")
     return dict(v)
 
 
-def parse(raw: bytes) -> dict[str, Any]:
+def parse(raw: bytes) -> StateRecord:
     """Validate a state file's bytes; raise StateError naming the first thing wrong."""
     try:
         data = json.loads(raw)
@@ -176,48 +175,54 @@ def parse(raw: bytes) -> dict[str, Any]:
         raise StateError(f"not a {FORMAT} file")
     if data.get("version") != VERSION:
         raise StateError(f"version {data.get('version')!r}, this exporter reads version {VERSION}")
-    out: dict[str, Any] = {"saved_at": _number(data.get("saved_at"), "saved_at")}
     devices = data.get("devices", [])
     if not isinstance(devices, list):
         raise StateError("devices: expected a list")
-    out["devices"] = []
+    out_devices: list[DeviceRecord] = []
     for i, d in enumerate(devices):
         if not (isinstance(d, list) and len(d) == 4 and all(isinstance(x, str) for x in d[:3])):
             raise StateError(f"devices[{i}]: expected [component, key, source, joules]")
-        out["devices"].append([d[0], d[1], d[2], _number(d[3], f"devices[{i}]")])
-    for key in ("node_energy_joules", "node_emissions_grams", "unattributed_energy_joules"):
-        out[key] = _counters(data.get(key, {}), key)
+        out_devices.append((d[0], d[1], d[2], _number(d[3], f"devices[{i}]")))
     runs = data.get("runs", {})
     if not isinstance(runs, dict):
         raise StateError("runs: expected an object")
-    out["runs"] = {}
-    for rid, r in runs.items():
-        what = f"runs[{rid!r}]"
-        if not isinstance(r, dict):
-            raise StateError(f"{what}: expected an object")
-        out["runs"][str(rid)] = {
-            "energy_joules": _counters(r.get("energy_joules", {}), f"{what}.energy_joules"),
-            "emissions_grams": _counters(r.get("emissions_grams", {}), f"{what}.emissions_grams"),
-            "sources": _strings(r.get("sources", {}), f"{what}.sources"),
-            "origin": str(r.get("origin", "")),
-            "labels": _strings(r.get("labels", {}), f"{what}.labels"),
-            "last_seen_wall": _number(r.get("last_seen_wall", 0.0), f"{what}.last_seen_wall"),
-        }
     containers = data.get("containers", [])
     if not isinstance(containers, list):
         raise StateError("containers: expected a list")
-    out["containers"] = []
-    for i, c in enumerate(containers):
-        what = f"containers[{i}]"
-        if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("namespace", "pod", "container")):
-            raise StateError(f"{what}: expected namespace, pod and container")
-        out["containers"].append({
-            "namespace": c["namespace"], "pod": c["pod"], "container": c["container"],
-            "energy_joules": _counters(c.get("energy_joules", {}), f"{what}.energy_joules"),
-            "emissions_grams": _counters(c.get("emissions_grams", {}), f"{what}.emissions_grams"),
-            "last_seen_wall": _number(c.get("last_seen_wall", 0.0), f"{what}.last_seen_wall"),
-        })
-    return out
+    return {
+        "saved_at": _number(data.get("saved_at"), "saved_at"),
+        "devices": out_devices,
+        "node_energy_joules": _counters(data.get("node_energy_joules", {}), "node_energy_joules"),
+        "node_emissions_grams": _counters(data.get("node_emissions_grams", {}), "node_emissions_grams"),
+        "unattributed_energy_joules": _counters(data.get("unattributed_energy_joules", {}),
+                                                "unattributed_energy_joules"),
+        "runs": {str(rid): _run(r, f"runs[{rid!r}]") for rid, r in runs.items()},
+        "containers": [_container(c, f"containers[{i}]") for i, c in enumerate(containers)],
+    }
+
+
+def _run(r: object, what: str) -> RunRecord:
+    if not isinstance(r, dict):
+        raise StateError(f"{what}: expected an object")
+    return {
+        "energy_joules": _counters(r.get("energy_joules", {}), f"{what}.energy_joules"),
+        "emissions_grams": _counters(r.get("emissions_grams", {}), f"{what}.emissions_grams"),
+        "sources": _strings(r.get("sources", {}), f"{what}.sources"),
+        "origin": str(r.get("origin", "")),
+        "labels": _strings(r.get("labels", {}), f"{what}.labels"),
+        "last_seen_wall": _number(r.get("last_seen_wall", 0.0), f"{what}.last_seen_wall"),
+    }
+
+
+def _container(c: object, what: str) -> ContainerRecord:
+    if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("namespace", "pod", "container")):
+        raise StateError(f"{what}: expected namespace, pod and container")
+    return {
+        "namespace": c["namespace"], "pod": c["pod"], "container": c["container"],
+        "energy_joules": _counters(c.get("energy_joules", {}), f"{what}.energy_joules"),
+        "emissions_grams": _counters(c.get("emissions_grams", {}), f"{what}.emissions_grams"),
+        "last_seen_wall": _number(c.get("last_seen_wall", 0.0), f"{what}.last_seen_wall"),
+    }
 
 
 def fsync_dir(path: Path) -> None:

@@ -8,7 +8,11 @@
    `carbonwatch run` and carbonwatch.run(...) report to the same stack.
 
 Every command it prints runs as printed: `carbonwatch` is named by its full path unless the one on PATH is
-this installation (`make path` links it into ~/.local/bin).
+this installation (`make path` links it into a directory already on PATH).
+
+The budget alert is waited for where it reaches the user: Alertmanager (its v2 API), not only Prometheus.
+Exit status: 0 once the alert reached Alertmanager; 3 when it did not within --alert-timeout (the report, URLs
+and stop hint are printed all the same); 1 when Prometheus recorded nothing of the run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -27,6 +32,7 @@ from carbonwatch.errors import CarbonwatchError
 from carbonwatch.promql import Prometheus
 from carbonwatch.stack import launcher as stack
 from carbonwatch.stack import report
+from carbonwatch.stack.services import NO_PORT
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,7 +45,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", default="5s", help="scrape and evaluation interval of a stack the demo starts")
     p.add_argument("--port-offset", type=int, default=0, help="ports of a stack the demo starts: defaults + N")
     p.add_argument("--run-id", default=None, help="run id (default demo-<time>)")
-    p.add_argument("--alert-timeout", type=float, default=90.0, help="seconds to wait for the budget alert")
+    p.add_argument("--alert-timeout", type=float, default=180.0,
+                   help="seconds to wait for the budget alert to reach Alertmanager")
     return p.parse_args(argv)
 
 
@@ -101,24 +108,91 @@ def ensure_stack(args: argparse.Namespace) -> stack.StackState:
     return st
 
 
-def wait_for(prom: str, expr: str, timeout: float) -> bool:
+def wait_for(prom: Prometheus, expr: str, timeout: float) -> bool:
+    """True once `expr` has a result in Prometheus, False after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
-            body = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5).json()
-            if body.get("data", {}).get("result"):
+            if prom.query(expr):
                 return True
+        except CarbonwatchError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(2)
+
+
+ALERT = "CarbonwatchRunBudgetExceeded"
+
+
+def alertmanager_alerts(url: str, run_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The active budget alerts for `run_id` that Alertmanager holds (its v2 API)."""
+    params = [("filter", f'alertname="{ALERT}"'), ("filter", f'run_id="{run_id}"'), ("active", "true")]
+    r = requests.get(f"{url}/api/v2/alerts", params=params, timeout=timeout)
+    r.raise_for_status()
+    body = r.json()
+    return [a for a in body if isinstance(a, dict)] if isinstance(body, list) else []
+
+
+def wait_for_alert(url: str, run_id: str, timeout: float) -> list[dict[str, Any]]:
+    """The run's budget alerts once they reached Alertmanager; [] after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = alertmanager_alerts(url, run_id)
+            if found:
+                return found
         except (requests.RequestException, ValueError):
             pass
+        if time.monotonic() >= deadline:
+            return []
         time.sleep(2)
-    return False
+
+
+SERVICE_LABELS = {
+    "prometheus": "Prometheus",
+    "alertmanager": "Alertmanager",
+    "pushgateway": "Pushgateway",
+    "exporter": "exporter /metrics",
+    "grafana": "Grafana",
+    "ledger": "Ledger",
+}
+
+
+def url_lines(st: stack.StackState, run_id: str) -> list[str]:
+    """One line per service that serves HTTP (the reaper has no port), any service the launcher adds included."""
+    out = []
+    for name, svc in st.services.items():
+        if name in NO_PORT or not svc.port:
+            continue
+        extra = "/metrics" if name == "exporter" else ""
+        out.append(f"  {SERVICE_LABELS.get(name, name):<18} {svc.url}{extra}")
+    if "grafana" in st.services:
+        g = st.services["grafana"].url
+        out.append(f"  {'run dashboard':<18} {g}/d/carbonwatch-run/carbonwatch-run?var-run_id={run_id}")
+    else:
+        out.append("  Grafana is not installed here: the dashboards are in grafana/dashboards (docs/dashboards.md),")
+        out.append("  or use `docker compose up` to get Grafana with them provisioned.")
+    return out
+
+
+def alert_line(alerts: list[dict[str, Any]], am_url: str | None, prom_url: str, timeout: float) -> str:
+    if am_url is None:
+        return "Budget alert: the running stack has no Alertmanager"
+    if not alerts:
+        return (f"Budget alert: {ALERT} did not reach Alertmanager within {timeout:.0f}s "
+                f"(see {prom_url}/alerts and {am_url}/#/alerts)")
+    a = alerts[0]
+    sev = a.get("labels", {}).get("severity", "?")
+    since = str(a.get("startsAt", ""))[:19].replace("T", " ")
+    return f"Budget alert: {ALERT} ({sev}) reached Alertmanager at {since} UTC: {am_url}/#/alerts"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     root = stack.repo_root_default()
     st = ensure_stack(args)
-    prom = st.services["prometheus"].url
+    prom = Prometheus(st.services["prometheus"].url)
     run_id = args.run_id or time.strftime("demo-%Y%m%d-%H%M%S")
     cmds = commands(args, st, run_id, root)
     cmd = cmds["run"]
@@ -134,43 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # The run's final push (status, end time) reaches Prometheus at the next scrape of the Pushgateway.
     wait_for(prom, f"carbonwatch_run_end_time_seconds{{{sel}}}", 30)
-    alert = wait_for(prom, f'ALERTS{{alertname="CarbonwatchRunBudgetExceeded",alertstate="firing",{sel}}}',
-                     args.alert_timeout)  # fmt: skip
+    am = st.services["alertmanager"].url if "alertmanager" in st.services else None
+    print("demo: waiting for the budget alert to reach Alertmanager ...", flush=True)
+    alerts = wait_for_alert(am, run_id, args.alert_timeout) if am else []
     try:
-        rep = report.collect(Prometheus(prom), run_id)
+        rep = report.collect(prom, run_id)
     except CarbonwatchError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     print(f"\n$ {sh(cmds['report'])}\n")
     print(report.render_table(rep))
-    print(
-        "\nBudget alert: "
-        + ("CarbonwatchRunBudgetExceeded is firing (see Alertmanager)" if alert else "not (yet) firing")
-    )
+    print("\n" + alert_line(alerts, am, prom.url, args.alert_timeout))
     print("\nURLs:")
-    labels = {
-        "prometheus": "Prometheus",
-        "alertmanager": "Alertmanager",
-        "pushgateway": "Pushgateway",
-        "exporter": "exporter /metrics",
-        "grafana": "Grafana",
-    }
-    for name, svc in st.services.items():
-        extra = "/metrics" if name == "exporter" else ""
-        print(f"  {labels[name]:<18} {svc.url}{extra}")
-    if "grafana" in st.services:
-        g = st.services["grafana"].url
-        print(f"  {'run dashboard':<18} {g}/d/carbonwatch-run/carbonwatch-run?var-run_id={run_id}")
-    else:
-        print("  Grafana is not installed here: the dashboards are in grafana/dashboards (docs/dashboards.md),")
-        print("  or use `docker compose up` to get Grafana with them provisioned.")
+    print("\n".join(url_lines(st, run_id)))
     if st.settings_file:
-        print(f"\nYour own runs now report to this stack too (settings in {st.settings_file}), e.g.:\n"
-              f"  {sh(cmds['own_run'])}")  # fmt: skip
+        print(f"\nYour runs report here: your own runs now report to this stack too (settings in "
+              f"{st.settings_file}), e.g.:\n  {sh(cmds['own_run'])}")  # fmt: skip
     if cmds["down"][0] != "carbonwatch":
-        print("\n(`carbonwatch` is not on PATH here: `make path` links it into ~/.local/bin)")
+        print(f"\n(`carbonwatch` is not on PATH here: `make path` links it where your PATH looks, or use "
+              f"{cmds['down'][0]})")  # fmt: skip
     print(f"\nThe stack keeps running. Stop it with:  {sh(cmds['down'])}")
-    return 0
+    return 0 if alerts else 3
 
 
 if __name__ == "__main__":

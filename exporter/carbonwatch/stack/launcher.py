@@ -93,7 +93,8 @@ def up(args: argparse.Namespace) -> int:
     root = Path(args.repo_root).resolve()
     state.mkdir(parents=True, exist_ok=True)
     if running_state(state) is not None:
-        raise ConfigError(f"a stack is already running from {state}; stop it with `carbonwatch stack down`")
+        raise ConfigError(f"a stack is already running from {state}; stop it with "
+                          f"`{command_name()} stack down --state-dir {state}`")
     ports = stack_ports(args)
     services = plan(args, root, state, ports)
     st = StackState(str(state), str(root), time.time())
@@ -268,7 +269,7 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"state_dir": str(state), "services": []}))
         else:
-            print(f"no stack running from {state} (start one with `carbonwatch stack up`)")
+            print(f"no stack running from {state} (start one with `{command_name()} stack up`)")
         return 3
     rows = status_rows(st)
     if args.json:

@@ -18,14 +18,14 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 from carbonwatch.errors import ConfigError
+from carbonwatch.labels import RUN_ID_RE
 from carbonwatch.node.config import KubernetesConfig
-from carbonwatch.runid import RUN_ID_RE
 
 log = logging.getLogger("carbonwatch.node.identity.kubelet")
 
@@ -54,11 +54,11 @@ class PodInfo:
     owner_kind: str = ""  # kind of its controller (Job, ReplicaSet, DaemonSet, ...)
 
 
-def _str(v: Any) -> str:
+def _str(v: object) -> str:
     return v if isinstance(v, str) else ""
 
 
-def _owner(meta: Mapping[str, Any]) -> tuple[str, str]:
+def _owner(meta: Mapping[str, object]) -> tuple[str, str]:
     refs = meta.get("ownerReferences")
     if not isinstance(refs, list):
         return "", ""
@@ -68,7 +68,7 @@ def _owner(meta: Mapping[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
-def parse_pod(item: Any) -> PodInfo | None:
+def parse_pod(item: object) -> PodInfo | None:
     """One item of a PodList, or None when it lacks a uid, namespace or name."""
     if not isinstance(item, dict):
         return None
@@ -103,7 +103,7 @@ def parse_pod(item: Any) -> PodInfo | None:
     return PodInfo(uid, ns, name, labels, containers, job, owner_kind)
 
 
-def parse_pod_list(body: Any) -> dict[str, PodInfo]:
+def parse_pod_list(body: object) -> dict[str, PodInfo]:
     """pod uid -> PodInfo from the kubelet's /pods answer (a v1 PodList). ValueError if it is not one."""
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise ValueError("not a PodList (no items)")

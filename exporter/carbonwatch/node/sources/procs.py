@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from carbonwatch.labels import RUN_ID_RE
 from carbonwatch.node.model import CpuTimes, ProcessReading, SourceError
-from carbonwatch.runid import RUN_ID_RE
 
 RUN_ENV = b"CARBONWATCH_RUN_ID="
 ENV_PREFIXES = (b"CARBONWATCH_", b"SLURM_")  # the variables kept in ProcessReading.environ
