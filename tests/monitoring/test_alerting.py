@@ -214,8 +214,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             s.close()
 
 
-def query(base: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?query={urllib.parse.quote(expr)}"
+def query(base: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?query={urllib.parse.quote(expr)}" + (f"&time={at}" if at is not None else "")
     with urllib.request.urlopen(url, timeout=5) as r:
         return list(json.load(r)["data"]["result"])
 
@@ -246,9 +246,20 @@ def test_a_run_past_its_budget_notifies_the_webhook_with_user_project_and_run(st
     assert ann["runbook_url"] == "docs/runbook.md#carbonwatchrunbudgetexceeded"
     assert ann["dashboard"].endswith("var-run_id=e2e")
     assert ann["description"].startswith("Run e2e of alice (project llm-pretrain) has emitted ")
-    # The recorded totals behind it: the exporter's energy and emissions counters (DE table intensity).
+    # The recorded totals behind it: the exporter's energy and emissions counters (DE table intensity). The two
+    # are recorded by different groups (emissions every 15 s for the budget alerts, energy every 30 s), so each
+    # is checked against the counters at its own evaluation time.
     base = stack["prometheus"]
-    energy = query(base, 'run_id:carbonwatch_energy_joules:total{run_id="e2e"}')
-    grams = query(base, 'run_id:carbonwatch_emissions_grams:total{run_id="e2e"}')
-    assert energy and grams
-    assert float(grams[0]["value"][1]) == pytest.approx(float(energy[0]["value"][1]) / 3.6e6 * 380.9, rel=1e-9)
+    for recorded, counter in (("run_id:carbonwatch_energy_joules:total", "carbonwatch_run_energy_joules_total"),
+                              ("run_id:carbonwatch_emissions_grams:total", "carbonwatch_run_emissions_grams_total")):
+        def stamp(recorded: str = recorded) -> float:  # the recorded sample's evaluation time
+            return float(query(base, f'timestamp({recorded}{{run_id="e2e"}})')[0]["value"][1])
+
+        at, value, again = stamp(), query(base, f'{recorded}{{run_id="e2e"}}')[0]["value"][1], stamp()
+        while again != at:  # an evaluation in between: read both again
+            at, value, again = again, query(base, f'{recorded}{{run_id="e2e"}}')[0]["value"][1], stamp()
+        raw = query(base, f'sum(last_over_time({counter}{{run_id="e2e"}}[15m]))', at)
+        assert float(value) == pytest.approx(float(raw[0]["value"][1]), rel=1e-9), recorded
+        if counter.startswith("carbonwatch_run_emissions"):
+            energy = query(base, 'sum(last_over_time(carbonwatch_run_energy_joules_total{run_id="e2e"}[15m]))', at)
+            assert float(value) == pytest.approx(float(energy[0]["value"][1]) / 3.6e6 * 380.9, rel=1e-9)

@@ -303,8 +303,8 @@ def test_secure_stack_serves_tls_and_basic_auth_and_runs_report_to_it(tmp_path: 
                             auth=(files.username, "wrong")).status_code == 401  # fmt: skip
         with pytest.raises(requests.ConnectionError):
             requests.get(exporter + "/metrics", verify=str(files.ca_cert), auth=creds, timeout=10)  # no client cert
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"http://127.0.0.1:{ports[3]}/metrics", timeout=10)  # no plain HTTP
+        plain = requests.get(f"http://127.0.0.1:{ports[3]}/metrics", timeout=10)  # no plain HTTP: a 400 says so
+        assert plain.status_code == 400 and "carbonwatch_node_info" not in plain.text
         r = requests.get(exporter + "/metrics", verify=str(files.ca_cert), cert=client, auth=creds, timeout=10)
         assert r.status_code == 200 and "carbonwatch_node_info" in r.text
         # the Pushgateway: TLS and the password
