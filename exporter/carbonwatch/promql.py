@@ -9,13 +9,21 @@ Prometheus rejects is a ConfigError naming the query (it came from our input).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 import requests
 
 from carbonwatch.errors import ConfigError, NetworkError
 
 DEFAULT_URL = "http://127.0.0.1:9090"
+
+
+class PromEntry(TypedDict, total=False):
+    """One entry of a query result: `value` [t, "v"] in a vector (or a scalar), `values` in a matrix."""
+
+    metric: dict[str, str]
+    value: tuple[float, str]
+    values: list[tuple[float, str]]
 
 
 class Prometheus:
@@ -30,7 +38,7 @@ class Prometheus:
         self.session = session or requests.Session()
 
     def query(self, expr: str, at: float | None = None,
-              extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+              extra: dict[str, str] | None = None) -> list[PromEntry]:
         """The result of an instant query: a list of {"metric": {...}, "value": [t, "v"]} (vector) entries, or
         {"metric": {...}, "values": [[t, "v"], ...]} (matrix) for a range selector. `extra`: more form
         parameters (e.g. VictoriaMetrics' `nocache`), ignored by servers that do not know them."""
@@ -43,7 +51,7 @@ class Prometheus:
             return [{"metric": {}, "value": result}]
         return list(result)
 
-    def raw(self, expr: str, at: float, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def raw(self, expr: str, at: float, extra: dict[str, str] | None = None) -> list[PromEntry]:
         """The raw samples of a range selector `metric[d]` evaluated at `at`: matrix entries. A server that
         answers something other than a matrix is a NetworkError (it does not serve raw samples)."""
         result = self.query(expr, at, extra)

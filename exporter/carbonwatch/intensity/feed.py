@@ -81,7 +81,7 @@ class FeedClient:
         return reading_from_json(data, zone, where)
 
 
-def reading_from_json(data: Any, zone: str, where: str) -> IntensityReading:
+def reading_from_json(data: object, zone: str, where: str) -> IntensityReading:
     """Validate one zone's entry of a `/intensity` reply."""
     if not isinstance(data, dict):
         raise FeedError(f"reply from {where} is not a JSON object")
@@ -218,11 +218,11 @@ class IntensityFeed:
         return 200, json.dumps({"zones": {z: _entry(r) for z, r in sorted(values.items())}}).encode()
 
 
-def _entry(r: IntensityReading) -> dict[str, Any]:
+def _entry(r: IntensityReading) -> dict[str, object]:
     return {"zone": r.zone, "grams_per_kwh": r.grams_per_kwh, "source": r.source, "fetched_at": r.fetched_at}
 
 
-def feed_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = None) -> IntensityFeed:
+def feed_from_config(cfg: Mapping[str, object] | None, node_zone: str | None = None) -> IntensityFeed:
     """The feed for the exporter's `intensity` section: the node's zone first, then `intensity.zones`."""
     from carbonwatch.durations import parse_duration
     from carbonwatch.errors import ConfigError
