@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import requests
 
@@ -58,7 +57,7 @@ class FeedClient:
     """Reads one zone from a central carbonwatch instance's `/intensity` (JSON)."""
 
     def __init__(self, url: str, timeout: float = 3.0, session: requests.Session | None = None,
-                 auth: Any = None, verify: Any = True) -> None:
+                 auth: tuple[str, str] | requests.auth.AuthBase | None = None, verify: bool | str = True) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import requests
 
@@ -30,6 +30,23 @@ from carbonwatch.intensity.base import (
 )
 
 log = logging.getLogger("carbonwatch.intensity.providers")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class HttpOptions(TypedDict, total=False):
+    """The keyword options of an HTTP provider besides its URL (and token)."""
+
+    cache_ttl: float
+    timeout: float
+    retries: int
+    retry_backoff: float
+    failure_ttl: float
+    fallback: IntensityProvider | None
+    session: requests.Session | None
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
 
 
 class _HttpProvider:
@@ -126,7 +143,7 @@ class ElectricityMapsProvider(_HttpProvider):
 
     source = "electricitymaps"
 
-    def __init__(self, token: str, url: str = ELECTRICITYMAPS_URL, **kwargs: Any):
+    def __init__(self, token: str, url: str = ELECTRICITYMAPS_URL, **kwargs: Unpack[HttpOptions]):
         super().__init__(url, **kwargs)
         if not token:
             raise ConfigError(
@@ -157,7 +174,7 @@ class UkNesoProvider(_HttpProvider):
 
     source = "uk-neso"
 
-    def __init__(self, url: str = UK_NESO_URL, **kwargs: Any):
+    def __init__(self, url: str = UK_NESO_URL, **kwargs: Unpack[HttpOptions]):
         super().__init__(url, **kwargs)
 
     def covers(self, zone: str) -> bool:
