@@ -5,7 +5,6 @@ carbonwatch imports without transformers.
 
 from __future__ import annotations
 
-
 from carbonwatch.callbacks._common import HeldRun, optional_base
 
 _Base: type = optional_base(("transformers", "TrainerCallback"))
