@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select
+from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, func, select
 
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import CarbonwatchError
@@ -124,9 +124,8 @@ def _move_cursor(conn: Connection, previous: float | None, until: float, now: fl
     a second writer waits, then finds the cursor moved and rolls back instead of counting the window twice."""
     t = schema.cursor
     if previous is None:
-        insert: Any = dialect_insert(conn)(t)
-        stmt = insert.values(source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(
-            index_elements=["source"])
+        stmt: Insert | Update = dialect_insert(conn, t).values(
+            source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(index_elements=["source"])
     else:
         stmt = t.update().where(t.c.source == CURSOR, t.c.synced_until == previous).values(
             synced_until=until, updated_at=now)
