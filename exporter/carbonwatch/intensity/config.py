@@ -1,9 +1,6 @@
 """The `intensity` configuration section: its keys and their types checked (an unknown or mistyped key is an
 error naming it), the provider it asks for, the zones and prices the exporter publishes, and the zone check
-every command shares.
-
-    provider = provider_from_config(cfg)        # None -> bundled table
-    reading = provider.current("DE")            # reading.grams_per_kwh, reading.source, reading.fetched_at
+every command shares. Other modules import these names from carbonwatch.intensity.providers.
 """
 
 from __future__ import annotations
