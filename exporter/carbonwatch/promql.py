@@ -99,9 +99,13 @@ class Prometheus:
         return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr, at)}
 
 
-def reason(exc: requests.RequestException) -> str:
+STACK_HINT = " (is the stack up? `carbonwatch stack status`)"
+
+
+def reason(exc: requests.RequestException, hint: str = STACK_HINT) -> str:
+    """What went wrong with a request, in words without the exception's text (it may hold a URL)."""
     if isinstance(exc, requests.ConnectionError):
-        return "connection refused or host unreachable (is the stack up? `carbonwatch stack status`)"
+        return "connection refused or host unreachable" + hint
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__

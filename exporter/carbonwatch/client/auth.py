@@ -253,16 +253,14 @@ class PushgatewayAuth:
         return out
 
 
-def _request_problem(exc: Exception) -> str:
+def _request_problem(exc: requests.RequestException) -> str:
     import requests
+
+    from carbonwatch.promql import reason
 
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS failed (a private CA? set CARBONWATCH_PUSHGATEWAY_CA_FILE)"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused or host unreachable"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return type(exc).__name__
+    return reason(exc, hint="")
 
 
 def _bool(value: object, what: str) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import requests
 
+from carbonwatch.intensity.live import get_json
 from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
     IntensityInUse,
@@ -66,17 +67,9 @@ class FeedClient:
 
     def current(self, zone: str) -> IntensityReading:
         where = f"{self.url}{FEED_PATH}?zone={zone}"
-        try:
-            resp = self.session.get(f"{self.url}{FEED_PATH}", params={"zone": zone}, timeout=self.timeout,
-                                    auth=self.auth, verify=self.verify)
-        except requests.RequestException as exc:
-            raise FeedError(f"{type(exc).__name__} for {where}") from None
-        if resp.status_code != 200:
-            raise FeedError(f"HTTP {resp.status_code} from {where}")
-        try:
-            data = resp.json()
-        except ValueError:
-            raise FeedError(f"reply from {where} is not JSON") from None
+        data = get_json(lambda: self.session.get(f"{self.url}{FEED_PATH}", params={"zone": zone},
+                                                 timeout=self.timeout, auth=self.auth, verify=self.verify),
+                        where, FeedError)
         return reading_from_json(data, zone, where)
 
 

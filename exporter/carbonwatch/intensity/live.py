@@ -35,6 +35,22 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 
+def get_json(send: Callable[[], requests.Response], where: str, error: type[Exception]) -> object:
+    """The JSON body of the 200 answer `send()` gets, else `error` naming `where` (no exception text: it could
+    hold a URL with credentials)."""
+    try:
+        resp = send()
+    except requests.RequestException as exc:
+        raise error(f"{type(exc).__name__} for {where}") from None
+    if resp.status_code != 200:
+        raise error(f"HTTP {resp.status_code} from {where}")
+    try:
+        body: object = resp.json()
+    except ValueError:
+        raise error(f"reply from {where} is not JSON") from None
+    return body
+
+
 class HttpOptions(TypedDict, total=False):
     """The keyword options of an HTTP provider besides its URL (and token)."""
 
@@ -94,19 +110,9 @@ class _HttpProvider:
 
     def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         self.requests_made += 1
-        try:
-            resp = self.session.get(
-                f"{self.url}{path}", params=params, headers=self._headers(), timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            # The message names the URL (never the token, which travels only in a header).
-            raise ProviderError(f"{type(exc).__name__} for {self.url}{path}") from None
-        if resp.status_code != 200:
-            raise ProviderError(f"HTTP {resp.status_code} from {self.url}{path}")
-        try:
-            return resp.json()
-        except ValueError:
-            raise ProviderError(f"reply from {self.url}{path} is not JSON") from None
+        # The messages name the URL (never the token, which travels only in a header).
+        return get_json(lambda: self.session.get(f"{self.url}{path}", params=params, headers=self._headers(),
+                                                 timeout=self.timeout), f"{self.url}{path}", ProviderError)
 
     def current(self, zone: str) -> IntensityReading:
         z = normalise_zone(zone)
