@@ -9,7 +9,7 @@ Prometheus rejects is a ConfigError naming the query (it came from our input).
 from __future__ import annotations
 
 import math
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import requests
 
@@ -45,7 +45,10 @@ class Prometheus:
         data = {"query": expr, **(extra or {})}
         if at is not None:
             data["time"] = f"{at:.3f}"
-        data_ = self._call("/api/v1/query", data, expr)
+        answer = self._call("/api/v1/query", data, expr)
+        if not isinstance(answer, dict):
+            raise NetworkError(f"{self.what}: {self.url} answered {expr!r} without a result object")
+        data_ = answer
         result = data_.get("result", [])
         if data_.get("resultType") in ("scalar", "string"):
             return [{"metric": {}, "value": result}]
@@ -67,7 +70,7 @@ class Prometheus:
         result = self._call("/api/v1/series", data, match)
         return [dict(s) for s in result] if isinstance(result, list) else []
 
-    def _call(self, path: str, data: dict[str, str], expr: str) -> Any:
+    def _call(self, path: str, data: dict[str, str], expr: str) -> object:
         try:
             r = self.session.post(f"{self.url}{path}", data=data, timeout=self.timeout)
         except requests.RequestException as exc:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import requests
 
@@ -108,7 +108,7 @@ class _HttpProvider:
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "User-Agent": "carbonwatch"}
 
-    def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+    def _get_json(self, path: str, params: dict[str, str] | None = None) -> object:
         self.requests_made += 1
         # The messages name the URL (never the token, which travels only in a header).
         return get_json(lambda: self.session.get(f"{self.url}{path}", params=params, headers=self._headers(),
@@ -188,10 +188,11 @@ class UkNesoProvider(_HttpProvider):
 
     def _fetch(self, zone: str) -> float:
         data = self._get_json("/intensity")
-        try:
-            entry = data["data"][0]["intensity"]
-        except (KeyError, IndexError, TypeError):
-            raise ProviderError("uk-neso reply has no data[0].intensity") from None
+        rows = data.get("data") if isinstance(data, dict) else None
+        first = rows[0] if isinstance(rows, list) and rows else None
+        if not isinstance(first, dict) or "intensity" not in first:
+            raise ProviderError("uk-neso reply has no data[0].intensity")
+        entry = first["intensity"]
         value = entry.get("actual") if isinstance(entry, dict) else None
         if value is None and isinstance(entry, dict):
             value = entry.get("forecast")
