@@ -257,14 +257,8 @@ def _check_file(data: Mapping[str, object], path: str | None) -> None:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def resolve(
-    overrides: Mapping[str, object] | None = None,
-    config_file: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> RunSettings:
-    """Settings from the config file, then the environment, then `overrides` (None values are skipped)."""
-    env = os.environ if environ is None else environ
-    s = RunSettings()
+def _apply_stack_file(s: RunSettings, env: Mapping[str, str]) -> None:
+    """The Pushgateway, Prometheus and credentials of `carbonwatch stack up`'s settings file, if there is one."""
     stack_path = stack_file_path(env)
     stack = read_stack_file(stack_path, env) if stack_path is not None else {}
     if stack:
@@ -273,6 +267,29 @@ def resolve(
             if stack.get(ENV[key]):
                 _apply(s, key, stack[ENV[key]], f"{STACK_ENV} {stack_path}: {ENV[key]}")
         s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, pgauth.from_env(stack))
+
+
+def _apply_overrides(s: RunSettings, overrides: Mapping[str, object]) -> None:
+    """The caller's keyword arguments (flags, Run(...)); None values are skipped."""
+    for key, value in overrides.items():
+        if value is not None:
+            if key == "pushgateway_auth":
+                if not isinstance(value, PushgatewayAuth):
+                    raise ConfigError(f"pushgateway_auth: expected a PushgatewayAuth, got {type(value).__name__}")
+                s.pushgateway_auth = value
+                continue
+            _apply(s, key, value, key.replace("_", "-"))
+
+
+def resolve(
+    overrides: Mapping[str, object] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunSettings:
+    """Settings from the config file, then the environment, then `overrides` (None values are skipped)."""
+    env = os.environ if environ is None else environ
+    s = RunSettings()
+    _apply_stack_file(s, env)
     config_path = config_file or env.get("CARBONWATCH_CONFIG")
     data = _load_config(config_path)
     _check_file(data, config_path)
@@ -293,14 +310,7 @@ def resolve(
         if env.get(var):
             _apply(s, key, env[var], var)
     s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, pgauth.from_env(env))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            if key == "pushgateway_auth":
-                if not isinstance(value, PushgatewayAuth):
-                    raise ConfigError(f"pushgateway_auth: expected a PushgatewayAuth, got {type(value).__name__}")
-                s.pushgateway_auth = value
-                continue
-            _apply(s, key, value, key.replace("_", "-"))
+    _apply_overrides(s, overrides or {})
     if s.pushgateway:  # credentials in the URL move to the auth settings, so the URL can be shown
         clean, user, password = pgauth.split_userinfo(s.pushgateway)
         if user or password is not None:
