@@ -9,13 +9,21 @@ Prometheus rejects is a ConfigError naming the query (it came from our input).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TypedDict
 
 import requests
 
 from carbonwatch.errors import ConfigError, NetworkError
 
 DEFAULT_URL = "http://127.0.0.1:9090"
+
+
+class PromEntry(TypedDict, total=False):
+    """One entry of a query result: `value` [t, "v"] in a vector (or a scalar), `values` in a matrix."""
+
+    metric: dict[str, str]
+    value: tuple[float, str]
+    values: list[tuple[float, str]]
 
 
 class Prometheus:
@@ -30,20 +38,23 @@ class Prometheus:
         self.session = session or requests.Session()
 
     def query(self, expr: str, at: float | None = None,
-              extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+              extra: dict[str, str] | None = None) -> list[PromEntry]:
         """The result of an instant query: a list of {"metric": {...}, "value": [t, "v"]} (vector) entries, or
         {"metric": {...}, "values": [[t, "v"], ...]} (matrix) for a range selector. `extra`: more form
         parameters (e.g. VictoriaMetrics' `nocache`), ignored by servers that do not know them."""
         data = {"query": expr, **(extra or {})}
         if at is not None:
             data["time"] = f"{at:.3f}"
-        data_ = self._call("/api/v1/query", data, expr)
+        answer = self._call("/api/v1/query", data, expr)
+        if not isinstance(answer, dict):
+            raise NetworkError(f"{self.what}: {self.url} answered {expr!r} without a result object")
+        data_ = answer
         result = data_.get("result", [])
         if data_.get("resultType") in ("scalar", "string"):
             return [{"metric": {}, "value": result}]
         return list(result)
 
-    def raw(self, expr: str, at: float, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def raw(self, expr: str, at: float, extra: dict[str, str] | None = None) -> list[PromEntry]:
         """The raw samples of a range selector `metric[d]` evaluated at `at`: matrix entries. A server that
         answers something other than a matrix is a NetworkError (it does not serve raw samples)."""
         result = self.query(expr, at, extra)
@@ -59,7 +70,7 @@ class Prometheus:
         result = self._call("/api/v1/series", data, match)
         return [dict(s) for s in result] if isinstance(result, list) else []
 
-    def _call(self, path: str, data: dict[str, str], expr: str) -> Any:
+    def _call(self, path: str, data: dict[str, str], expr: str) -> object:
         try:
             r = self.session.post(f"{self.url}{path}", data=data, timeout=self.timeout)
         except requests.RequestException as exc:
@@ -91,9 +102,13 @@ class Prometheus:
         return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr, at)}
 
 
-def reason(exc: requests.RequestException) -> str:
+STACK_HINT = " (is the stack up? `carbonwatch stack status`)"
+
+
+def reason(exc: requests.RequestException, hint: str = STACK_HINT) -> str:
+    """What went wrong with a request, in words without the exception's text (it may hold a URL)."""
     if isinstance(exc, requests.ConnectionError):
-        return "connection refused or host unreachable (is the stack up? `carbonwatch stack status`)"
+        return "connection refused or host unreachable" + hint
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__

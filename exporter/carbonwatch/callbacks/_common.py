@@ -13,14 +13,16 @@ from carbonwatch.client.api import Run
 log = logging.getLogger("carbonwatch.client")
 
 
-def optional_base(*candidates: tuple[str, str]) -> Any:
+def optional_base(*candidates: tuple[str, str]) -> type:
     """The first importable (module, attribute) of `candidates`, else `object`: the callbacks subclass the
     framework's base class when it is installed and stay importable when it is not."""
     for module, attr in candidates:
         try:
-            return getattr(importlib.import_module(module), attr)
+            base = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError):
             continue
+        if isinstance(base, type):
+            return base
     return object
 
 

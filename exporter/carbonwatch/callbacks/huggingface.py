@@ -5,11 +5,9 @@ carbonwatch imports without transformers.
 
 from __future__ import annotations
 
-from typing import Any
-
 from carbonwatch.callbacks._common import HeldRun, optional_base
 
-_Base: Any = optional_base(("transformers", "TrainerCallback"))
+_Base: type = optional_base(("transformers", "TrainerCallback"))
 
 
 def _int(obj: object, name: str, default: int) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from carbonwatch.callbacks._common import HeldRun, optional_base, scalar_metrics
 from carbonwatch.client.api import Run
 
-_Base: Any = optional_base(("keras.callbacks", "Callback"))
+_Base: type = optional_base(("keras.callbacks", "Callback"))
 Logs = dict[str, object] | None
 
 

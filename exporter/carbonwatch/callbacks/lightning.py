@@ -7,11 +7,10 @@ without either.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from carbonwatch.callbacks._common import HeldRun, batch_size, optional_base
 
-_Base: Any = optional_base(("lightning.pytorch.callbacks", "Callback"), ("pytorch_lightning.callbacks", "Callback"))
+_Base: type = optional_base(("lightning.pytorch.callbacks", "Callback"), ("pytorch_lightning.callbacks", "Callback"))
 
 
 def _metrics(trainer: object) -> Mapping[str, object] | None:

@@ -25,10 +25,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from carbonwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import requests
 
 ENV = {
     "username": "CARBONWATCH_PUSHGATEWAY_USERNAME",
@@ -42,6 +45,28 @@ ENV = {
     "insecure_skip_verify": "CARBONWATCH_PUSHGATEWAY_INSECURE_SKIP_VERIFY",
 }
 SECRET_KEYS = ("password", "bearer_token")
+
+
+class AuthValues(TypedDict, total=False):
+    """Some of PushgatewayAuth's settings, as one layer (environment, file, URL) sets them."""
+
+    username: str
+    password: Secret | None
+    password_file: str
+    bearer_token: Secret | None
+    bearer_token_file: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    insecure_skip_verify: bool
+
+
+@dataclass
+class _Connection:
+    """The kept-alive requests session of a PushgatewayAuth (made at the first request) and its lock."""
+
+    session: requests.Session | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Secret:
@@ -83,7 +108,7 @@ class PushgatewayAuth:
     cert_file: str = ""
     key_file: str = ""
     insecure_skip_verify: bool = False
-    _session: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    _conn: _Connection = field(default_factory=_Connection, init=False, repr=False, compare=False, hash=False)
 
     # ---- derived -------------------------------------------------------------------------------
     @property
@@ -161,14 +186,13 @@ class PushgatewayAuth:
             return {"Authorization": f"Bearer {tok}"}
         return {}
 
-    def _requests_session(self) -> Any:
-        s = self._session.get("session")
+    def _requests_session(self) -> requests.Session:
+        s = self._conn.session
         if s is None:
             import requests
 
             s = requests.Session()  # proxies and REQUESTS_CA_BUNDLE from the environment apply, as with urllib
-            self._session["session"] = s
-            self._session["lock"] = threading.Lock()
+            self._conn.session = s
         return s
 
     def _request(self, method: str, url: str, timeout: float | None, headers: Mapping[str, str] | None = None,
@@ -179,7 +203,7 @@ class PushgatewayAuth:
         verify: bool | str = False if self.insecure_skip_verify else (self.ca_file or True)
         cert = (self.cert_file, self.key_file) if self.cert_file else None
         try:
-            with self._session["lock"]:
+            with self._conn.lock:
                 # auth= always set: requests then never adds ~/.netrc credentials of its own
                 resp = session.request(method, url, data=data, headers=dict(headers or {}), timeout=timeout,
                                        verify=verify, cert=cert, auth=self._authorize)  # fmt: skip
@@ -192,7 +216,7 @@ class PushgatewayAuth:
         content: bytes = resp.content
         return content
 
-    def _authorize(self, request: Any) -> Any:
+    def _authorize(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         """requests' auth hook: our Authorization header, or none."""
         request.headers.update(self.headers())
         return request
@@ -229,16 +253,14 @@ class PushgatewayAuth:
         return out
 
 
-def _request_problem(exc: Exception) -> str:
+def _request_problem(exc: requests.RequestException) -> str:
     import requests
+
+    from carbonwatch.promql import reason
 
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS failed (a private CA? set CARBONWATCH_PUSHGATEWAY_CA_FILE)"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection refused or host unreachable"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return type(exc).__name__
+    return reason(exc, hint="")
 
 
 def _bool(value: object, what: str) -> bool:
@@ -260,9 +282,9 @@ def _str(value: object, what: str) -> str:
     return value
 
 
-def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def from_env(env: Mapping[str, str]) -> AuthValues:
     """The settings the environment sets (only those)."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key, var in ENV.items():
         raw = env.get(var)
         if raw is None or raw == "":
@@ -273,10 +295,10 @@ def from_env(env: Mapping[str, str]) -> dict[str, Any]:
             out[key] = Secret(raw)
         else:
             out[key] = raw
-    return out
+    return cast(AuthValues, out)  # keys from ENV, values of their fields' types
 
 
-def from_mapping(data: Any, base: Path | None = None, what: str = "run.pushgateway_auth") -> dict[str, Any]:
+def from_mapping(data: object, base: Path | None = None, what: str = "run.pushgateway_auth") -> AuthValues:
     """The settings of a config file's `run.pushgateway_auth` section; relative files are relative to `base`."""
     if data is None:
         return {}
@@ -285,7 +307,7 @@ def from_mapping(data: Any, base: Path | None = None, what: str = "run.pushgatew
     allowed = {"basic_auth": ("username", "password", "password_file"),
                "authorization": ("type", "credentials", "credentials_file"),
                "tls_config": ("ca_file", "cert_file", "key_file", "insecure_skip_verify")}  # fmt: skip
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for section, value in data.items():
         if section not in allowed:
             raise ConfigError(f"{what}.{section}: unknown key (allowed: {', '.join(allowed)})")
@@ -316,24 +338,25 @@ def from_mapping(data: Any, base: Path | None = None, what: str = "run.pushgatew
                 out["insecure_skip_verify"] = v
     if base is not None:
         for key in ("password_file", "bearer_token_file", "ca_file", "cert_file", "key_file"):
-            if out.get(key) and not os.path.isabs(out[key]):
-                out[key] = str(base / out[key])
-    return {k: v for k, v in out.items() if v not in ("", None)}
+            path = out.get(key)
+            if isinstance(path, str) and path and not os.path.isabs(path):
+                out[key] = str(base / path)
+    return cast(AuthValues, {k: v for k, v in out.items() if v not in ("", None)})  # keys and types as above
 
 
 _BASIC = ("username", "password", "password_file")
 _BEARER = ("bearer_token", "bearer_token_file")
-_EMPTY: dict[str, Any] = {"username": "", "password": None, "password_file": "", "bearer_token": None,
+_EMPTY: dict[str, object] = {"username": "", "password": None, "password_file": "", "bearer_token": None,
                           "bearer_token_file": ""}
 
 
-def merge(auth: PushgatewayAuth, values: Mapping[str, Any]) -> PushgatewayAuth:
+def merge(auth: PushgatewayAuth, values: AuthValues) -> PushgatewayAuth:
     """`auth` with a higher layer's `values` applied. A layer that sets one kind of credential clears the other
     kind below it (a token from the environment replaces basic auth from the file), and a password replaces a
     password file below it and vice versa."""
     if not values:
         return auth
-    changes = dict(values)
+    changes: dict[str, object] = dict(values)
 
     def clear(keys: tuple[str, ...]) -> None:
         for k in keys:
@@ -349,7 +372,7 @@ def merge(auth: PushgatewayAuth, values: Mapping[str, Any]) -> PushgatewayAuth:
             clear((b,))
         if b in values:
             clear((a,))
-    return replace(auth, **changes)
+    return replace(auth, **cast(AuthValues, changes))  # `values` and the empty settings of _EMPTY
 
 
 def split_userinfo(url: str) -> tuple[str, str, Secret | None]:

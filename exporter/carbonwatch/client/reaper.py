@@ -24,9 +24,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.exposition import delete_from_gateway
 
@@ -45,6 +44,7 @@ RETENTION = PUSHED_BY_NAME["carbonwatch_run_retention_seconds"].name  # a run's 
 
 Fetch = Callable[[str, float], bytes]  # (url, timeout) -> body
 Delete = Callable[[str, float], None]  # (run_id, timeout), raises on failure
+Handler = Callable[..., Callable[[], None]]  # a prometheus_client push handler (PushgatewayAuth.handler())
 
 
 @dataclass
@@ -64,21 +64,28 @@ def _fetch(url: str, timeout: float) -> bytes:
         return body
 
 
-def _value(group: dict[str, Any], name: str) -> float | None:
+def _value(group: Mapping[str, object], name: str) -> float | None:
+    """The value of metric `name` in one group of the gateway's /api/v1/metrics (parsed JSON), else None."""
+    entry = group.get(name)
+    metrics = entry.get("metrics") if isinstance(entry, Mapping) else None
+    first = metrics[0] if isinstance(metrics, list) and metrics else None
+    value = first.get("value") if isinstance(first, Mapping) else None
     try:
-        return float(group[name]["metrics"][0]["value"])
-    except (KeyError, IndexError, TypeError, ValueError):
+        return float(value) if isinstance(value, (str, int, float)) else None
+    except ValueError:
         return None
 
 
-def expired(groups: Sequence[dict[str, Any]], retention: float, now: float, job: str = JOB) -> tuple[list[str], int]:
+def expired(groups: Sequence[object], retention: float, now: float, job: str = JOB) -> tuple[list[str], int]:
     """The run ids of finished groups of `job` last pushed at least their retention before `now`, and how many
     groups of `job` are kept. `retention` is the gateway side's policy, the longest any group stays; a run
     that pushed a shorter `carbonwatch_run_retention_seconds` of its own goes sooner."""
     out: list[str] = []
     kept = 0
     for g in groups:
-        labels = g.get("labels") if isinstance(g, dict) else None
+        if not isinstance(g, Mapping):
+            continue
+        labels = g.get("labels")
         if not isinstance(labels, dict) or labels.get("job") != job or not labels.get("run_id"):
             continue
         end = _value(g, END_TIME)
@@ -104,7 +111,7 @@ def sweep(
     keep: Sequence[str] = (),
     job: str = JOB,
     fetch: Fetch = _fetch,
-    handler: Any = None,
+    handler: Handler | None = None,
     delete: Delete | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SweepResult:

@@ -49,15 +49,15 @@ def main(args: argparse.Namespace) -> int:
                f"{'ENERGY Wh':>10} {'CO2e g':>9}"
         out.write(head + "\n")
         for r in recs:
-            start = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(r.get("start_time") or 0)))
+            start = time.strftime("%Y-%m-%d %H:%M", time.localtime(runsfile.number(r.get("start_time"))))
             # None: measured by a node exporter and not read back here (see `carbonwatch report`)
             kwh, grams = r.get("energy_kwh"), r.get("emissions_grams")
-            wh = "-" if kwh is None else f"{float(kwh) * 1000.0:.3f}"
-            g = "-" if grams is None else f"{float(grams):.3f}"
+            wh = "-" if kwh is None else f"{runsfile.number(kwh) * 1000.0:.3f}"
+            g = "-" if grams is None else f"{runsfile.number(grams):.3f}"
             out.write(
                 f"{str(r.get('run_id', ''))[:28]:<28} {start:<16} {str(r.get('user', ''))[:10]:<10} "
                 f"{str(r.get('model', ''))[:14]:<14} {str(r.get('status', '')):<9} "
-                f"{float(r.get('duration_seconds') or 0):>8.1f}s {wh:>10} {g:>9}\n"
+                f"{runsfile.number(r.get('duration_seconds')):>8.1f}s {wh:>10} {g:>9}\n"
             )
     return 0
 

@@ -7,9 +7,8 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("carbonwatch.client")
 
@@ -21,7 +20,7 @@ CSV_COLUMNS = (
 )
 
 
-def append(path: Path, record: dict[str, Any]) -> None:
+def append(path: Path, record: Mapping[str, object]) -> None:
     """Append `record` as one line. A single write on an O_APPEND descriptor, so concurrent runs do not
     interleave their lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,9 +32,9 @@ def append(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read(path: Path) -> list[dict[str, Any]]:
+def read(path: Path) -> list[dict[str, object]]:
     """Every well-formed record; broken lines (a run killed mid-write) are skipped with a warning."""
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, object]] = []
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -53,19 +52,29 @@ def read(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def flat(rec: dict[str, Any]) -> dict[str, Any]:
+def _section(rec: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = rec.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def number(value: object, default: float = 0.0) -> float:
+    """A number of a record (JSON: a number, a numeric string, or null/absent for `default`)."""
+    return float(value) if isinstance(value, (int, float, str)) and value != "" else default
+
+
+def flat(rec: Mapping[str, object]) -> dict[str, object]:
     """One record as a flat row of CSV_COLUMNS."""
     row = {k: rec.get(k, "") for k in CSV_COLUMNS}
-    energy = rec.get("energy_joules") or {}
+    energy = _section(rec, "energy_joules")
     for comp in ("cpu", "gpu", "memory"):
         row[f"energy_{comp}_joules"] = energy.get(comp, "")
-    for k, v in (rec.get("equivalents") or {}).items():
+    for k, v in _section(rec, "equivalents").items():
         if k in row:
             row[k] = v
     return {k: ("" if v is None else v) for k, v in row.items()}
 
 
-def to_csv(records: Iterable[dict[str, Any]]) -> str:
+def to_csv(records: Iterable[Mapping[str, object]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     w.writeheader()

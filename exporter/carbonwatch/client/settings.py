@@ -25,7 +25,6 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from carbonwatch.client import auth as pgauth
 from carbonwatch.client.auth import PushgatewayAuth
@@ -71,7 +70,7 @@ class RunSettings:
     meter_interval: float = 1.0
     budget_interval: float = 5.0  # how often the budget is checked
     on_budget: str = "warn"
-    intensity: dict[str, Any] = field(default_factory=dict)  # the config's `intensity` section
+    intensity: dict[str, object] = field(default_factory=dict)  # the config's `intensity` section
     price_per_kwh: float | None = None
     currency: str = ""
     pushgateway_auth: PushgatewayAuth = field(default_factory=PushgatewayAuth)  # credentials, TLS; never printed
@@ -99,16 +98,21 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
+def _load_config(path: str | None) -> dict[str, object]:
     if not path:
         return {}
     from carbonwatch import yamlfile
 
-    data: dict[str, Any] = yamlfile.load(path, "config.file")
+    data: dict[str, object] = yamlfile.load(path, "config.file")
     return data
 
 
-def _apply(s: RunSettings, key: str, value: Any, what: str) -> None:
+def _mapping(value: object) -> Mapping[str, object]:
+    """A section _check_file found to be a mapping or unset ({})."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _apply(s: RunSettings, key: str, value: object, what: str) -> None:
     if key in _DURATIONS:
         setattr(s, key, parse_duration(value, what))
     elif key == "local_meter":
@@ -227,7 +231,7 @@ def write_stack_file(path: str | os.PathLike[str], values: Mapping[str, str], he
     return p
 
 
-def _auth_from_config(data: Mapping[str, Any], config_file: str | None) -> dict[str, Any]:
+def _auth_from_config(data: Mapping[str, object], config_file: str | None) -> pgauth.AuthValues:
     run = data.get("run") or {}
     if not isinstance(run, Mapping) or "pushgateway_auth" not in run:
         return {}
@@ -235,7 +239,7 @@ def _auth_from_config(data: Mapping[str, Any], config_file: str | None) -> dict[
     return pgauth.from_mapping(run["pushgateway_auth"], base, "run.pushgateway_auth")
 
 
-def _check_file(data: Mapping[str, Any], path: str | None) -> None:
+def _check_file(data: Mapping[str, object], path: str | None) -> None:
     """The config file's top-level keys and its `intensity` section (the exporter's file may be shared; its
     own sections are the exporter's to check). Errors name the key and the file."""
     from carbonwatch.intensity.providers import check_section
@@ -248,19 +252,13 @@ def _check_file(data: Mapping[str, Any], path: str | None) -> None:
         for key in ("intensity", "run"):
             if data.get(key) is not None and not isinstance(data[key], Mapping):
                 raise ConfigError(f"{key}: expected a mapping, got {type(data[key]).__name__}")
-        check_section(data.get("intensity") or {})
+        check_section(_mapping(data.get("intensity")))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def resolve(
-    overrides: Mapping[str, Any] | None = None,
-    config_file: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> RunSettings:
-    """Settings from the config file, then the environment, then `overrides` (None values are skipped)."""
-    env = os.environ if environ is None else environ
-    s = RunSettings()
+def _apply_stack_file(s: RunSettings, env: Mapping[str, str]) -> None:
+    """The Pushgateway, Prometheus and credentials of `carbonwatch stack up`'s settings file, if there is one."""
     stack_path = stack_file_path(env)
     stack = read_stack_file(stack_path, env) if stack_path is not None else {}
     if stack:
@@ -269,19 +267,41 @@ def resolve(
             if stack.get(ENV[key]):
                 _apply(s, key, stack[ENV[key]], f"{STACK_ENV} {stack_path}: {ENV[key]}")
         s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, pgauth.from_env(stack))
+
+
+def _apply_overrides(s: RunSettings, overrides: Mapping[str, object]) -> None:
+    """The caller's keyword arguments (flags, Run(...)); None values are skipped."""
+    for key, value in overrides.items():
+        if value is not None:
+            if key == "pushgateway_auth":
+                if not isinstance(value, PushgatewayAuth):
+                    raise ConfigError(f"pushgateway_auth: expected a PushgatewayAuth, got {type(value).__name__}")
+                s.pushgateway_auth = value
+                continue
+            _apply(s, key, value, key.replace("_", "-"))
+
+
+def resolve(
+    overrides: Mapping[str, object] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunSettings:
+    """Settings from the config file, then the environment, then `overrides` (None values are skipped)."""
+    env = os.environ if environ is None else environ
+    s = RunSettings()
+    _apply_stack_file(s, env)
     config_path = config_file or env.get("CARBONWATCH_CONFIG")
     data = _load_config(config_path)
     _check_file(data, config_path)
     s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, _auth_from_config(data, config_path))
     if "zone" in data:
         _apply(s, "zone", data["zone"], f"{config_path}: zone")
-    intensity = data.get("intensity") or {}
+    intensity = _mapping(data.get("intensity"))
     s.intensity = dict(intensity)
     if "price_per_kwh" in intensity:
         _apply(s, "price_per_kwh", intensity["price_per_kwh"], f"{config_path}: intensity.price_per_kwh")
         s.currency = str(intensity.get("currency") or "")
-    run = data.get("run") or {}
-    for key, value in run.items():
+    for key, value in _mapping(data.get("run")).items():
         if key not in _FILE_KEYS:
             raise ConfigError(f"{config_path}: run.{key}: unknown key (allowed: {', '.join(sorted(_FILE_KEYS))})")
         if key != "pushgateway_auth":
@@ -290,14 +310,7 @@ def resolve(
         if env.get(var):
             _apply(s, key, env[var], var)
     s.pushgateway_auth = pgauth.merge(s.pushgateway_auth, pgauth.from_env(env))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            if key == "pushgateway_auth":
-                if not isinstance(value, PushgatewayAuth):
-                    raise ConfigError(f"pushgateway_auth: expected a PushgatewayAuth, got {type(value).__name__}")
-                s.pushgateway_auth = value
-                continue
-            _apply(s, key, value, key.replace("_", "-"))
+    _apply_overrides(s, overrides or {})
     if s.pushgateway:  # credentials in the URL move to the auth settings, so the URL can be shown
         clean, user, password = pgauth.split_userinfo(s.pushgateway)
         if user or password is not None:

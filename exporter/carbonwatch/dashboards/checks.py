@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from grafana_foundation_sdk.models import dashboard as dm
@@ -91,20 +91,28 @@ def interpolate_link(url: str, values: Mapping[str, str]) -> str:
     return _VAR.sub(repl, url)
 
 
-def links_in(dashboard: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+def _maps(value: object) -> list[Mapping[str, object]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _map(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def links_in(dashboard: Mapping[str, object]) -> Iterator[tuple[str, str]]:
     """`(panel title, url)` for every link of a dashboard's JSON: panel links, field links, override links."""
-    for link in dashboard.get("links") or []:
+    for link in _maps(dashboard.get("links")):
         if link.get("url"):
-            yield "dashboard", link["url"]
-    for p in dashboard.get("panels") or []:
+            yield "dashboard", str(link["url"])
+    for p in _maps(dashboard.get("panels")):
         where = str(p.get("title", ""))
-        fc = p.get("fieldConfig") or {}
-        found = list(p.get("links") or []) + list((fc.get("defaults") or {}).get("links") or [])
-        for o in fc.get("overrides") or []:
-            for prop in o.get("properties") or []:
+        fc = _map(p.get("fieldConfig"))
+        found = _maps(p.get("links")) + _maps(_map(fc.get("defaults")).get("links"))
+        for o in _maps(fc.get("overrides")):
+            for prop in _maps(o.get("properties")):
                 if prop.get("id") == "links":
-                    found += list(prop.get("value") or [])
-        yield from ((where, link["url"]) for link in found if link.get("url"))
+                    found += _maps(prop.get("value"))
+        yield from ((where, str(link["url"])) for link in found if link.get("url"))
 
 
 def queries(boards: Iterable[Board]) -> list[Query]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import yaml
 
@@ -65,7 +65,7 @@ class ProviderError(Exception):
 ZONE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
-def validate_zone(value: Any, what: str = "zone") -> str:
+def validate_zone(value: object, what: str = "zone") -> str:
     if not isinstance(value, str) or not ZONE_RE.match(value):
         raise ConfigError(f"{what}: {value!r} is not a grid zone (e.g. DE, FR, US-CAL-CISO, world)")
     return value
@@ -81,7 +81,7 @@ def normalise_zone(zone: str | None) -> str:
     return z.upper()
 
 
-def check_grams(value: Any, what: str, error: type[Exception] = ConfigError) -> float:
+def check_grams(value: object, what: str, error: type[Exception] = ConfigError) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise error(f"{what}: expected g CO2e/kWh as a number, got {value!r}")
     try:

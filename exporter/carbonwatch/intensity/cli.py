@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from typing import Any
 
 from carbonwatch import yamlfile
 from carbonwatch.intensity.providers import (
@@ -23,6 +22,7 @@ from carbonwatch.intensity.providers import (
     known_zones,
     normalise_zone,
     provider_from_config,
+    section_zone,
     zone_known,
 )
 
@@ -37,14 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-zones", action="store_true", help="list the known zones and exit")
 
 
-def load_config(path: str | None) -> dict[str, Any] | None:
+def load_config(path: str | None) -> dict[str, object] | None:
     if not path:
         return None
-    data: dict[str, Any] = yamlfile.load(path, "--config.file")
+    data: dict[str, object] = yamlfile.load(path, "--config.file")
     return data or None
 
 
-def list_zones(cfg: dict[str, Any] | None, as_json: bool) -> int:
+def list_zones(cfg: dict[str, object] | None, as_json: bool) -> int:
     table = bundled_table()
     rows = []
     for z in known_zones(cfg):
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config_file)
     if getattr(args, "list_zones", False):
         return list_zones(cfg, args.json)
-    requested = args.zone or intensity_section(cfg).get("zone")
+    requested: str | None = args.zone or section_zone(intensity_section(cfg))
     what = "--zone" if args.zone else "intensity.zone"
     zone = normalise_zone(requested)
     provider = provider_from_config(cfg)
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         reading = provider.current(zone)
     when = dt.datetime.fromtimestamp(reading.fetched_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if args.json:
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "zone": reading.zone,
             "grams_per_kwh": reading.grams_per_kwh,
             "source": reading.source,

@@ -9,7 +9,6 @@ provider, and the refresh's health is served beside the values.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,7 +27,7 @@ class IntensityCollector(Collector):
         self.feed = feed
         self.prices = {normalise_zone(z): v for z, v in (prices or {}).items()}
 
-    def describe(self) -> Iterable[Any]:
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         return []
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:

@@ -1,9 +1,6 @@
 """The `intensity` configuration section: its keys and their types checked (an unknown or mistyped key is an
 error naming it), the provider it asks for, the zones and prices the exporter publishes, and the zone check
-every command shares.
-
-    provider = provider_from_config(cfg)        # None -> bundled table
-    reading = provider.current("DE")            # reading.grams_per_kwh, reading.source, reading.fetched_at
+every command shares. Other modules import these names from carbonwatch.intensity.providers.
 """
 
 from __future__ import annotations
@@ -13,15 +10,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from carbonwatch.durations import parse_duration
 from carbonwatch.errors import ConfigError
 from carbonwatch.intensity.base import (
+    ELECTRICITYMAPS_URL,
     PROVIDERS,
     TOKEN_ENV,
+    UK_NESO_URL,
     WORLD_ZONE,
     FileProvider,
     IntensityProvider,
@@ -32,7 +31,10 @@ from carbonwatch.intensity.base import (
     normalise_zone,
     validate_zone,
 )
-from carbonwatch.intensity.live import ElectricityMapsProvider, UkNesoProvider
+from carbonwatch.intensity.live import ElectricityMapsProvider, HttpOptions, UkNesoProvider
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # Each key of the section and the kind of value it takes (checked by check_section).
 _STRING_KEYS = ("provider", "file", "electricitymaps_token_file", "url", "feed_url", "currency")
@@ -48,7 +50,7 @@ WHOLE_CONFIG_KEYS = frozenset(
 )
 
 
-def intensity_section(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+def intensity_section(cfg: Mapping[str, object] | None) -> dict[str, object]:
     """The validated `intensity` section of `cfg`. `cfg` is the section itself, or a whole config: with an
     `intensity` key that section is used (its `zone` defaulting to the config's top-level `zone`); a whole
     config without one (it has other top-level keys) gives only its `zone`. Any other mapping is a section,
@@ -72,7 +74,13 @@ def intensity_section(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return section
 
 
-def check_section(section: Mapping[str, Any]) -> None:
+def section_zone(section: Mapping[str, object]) -> str | None:
+    """The section's `zone` (a string once check_section ran), None when unset."""
+    zone = section.get("zone")
+    return zone if isinstance(zone, str) and zone else None
+
+
+def check_section(section: Mapping[str, object]) -> None:
     """ConfigError naming the first unknown key or value of the wrong type in an `intensity` section."""
     unknown = sorted(set(section) - CONFIG_KEYS)
     if unknown:
@@ -101,7 +109,7 @@ def check_section(section: Mapping[str, Any]) -> None:
         raise ConfigError(f"intensity.price_per_kwh: expected a number or a mapping zone -> number, got {price!r}")
 
 
-def _read_token(section: Mapping[str, Any]) -> str:
+def _read_token(section: Mapping[str, object]) -> str:
     path = section.get("electricitymaps_token_file")
     if path:
         try:
@@ -113,7 +121,8 @@ def _read_token(section: Mapping[str, Any]) -> str:
     return os.environ.get(TOKEN_ENV, "").strip()
 
 
-def provider_from_config(cfg: Mapping[str, Any] | None = None, **http_kwargs: Any) -> IntensityProvider:
+def provider_from_config(cfg: Mapping[str, object] | None = None,
+                         **http_kwargs: Unpack[HttpOptions]) -> IntensityProvider:
     """A provider for the `intensity` section (or a whole config holding one). None -> bundled table."""
     section = intensity_section(cfg)
     name = str(section.get("provider", "table"))
@@ -123,25 +132,30 @@ def provider_from_config(cfg: Mapping[str, Any] | None = None, **http_kwargs: An
     if name == "static":
         if "static_grams_per_kwh" not in section:
             raise ConfigError("intensity.static_grams_per_kwh: required with provider static")
-        return StaticProvider(section["static_grams_per_kwh"])
+        return StaticProvider(check_grams(section["static_grams_per_kwh"], "intensity.static_grams_per_kwh"))
     if name == "file":
         if not section.get("file"):
             raise ConfigError("intensity.file: required with provider file")
         return FileProvider(Path(str(section["file"])), fallback=table)
-    kwargs: dict[str, Any] = {"fallback": table, **http_kwargs}
+    kwargs = _http_options(section, table, http_kwargs)
+    url = str(section["url"]) if section.get("url") else None
+    if name == "electricitymaps":
+        return ElectricityMapsProvider(_read_token(section), url or ELECTRICITYMAPS_URL, **kwargs)
+    return UkNesoProvider(url or UK_NESO_URL, **kwargs)
+
+
+def _http_options(section: Mapping[str, object], table: TableProvider, given: HttpOptions) -> HttpOptions:
+    kwargs: HttpOptions = {"fallback": table, **given}
     if "cache_ttl" in section:
         kwargs["cache_ttl"] = parse_duration(section["cache_ttl"], "intensity.cache_ttl")
     if "timeout" in section:
         kwargs["timeout"] = parse_duration(section["timeout"], "intensity.timeout")
         if kwargs["timeout"] <= 0:
             raise ConfigError("intensity.timeout: must be more than 0")
-    if "retries" in section:
-        kwargs["retries"] = section["retries"]
-    if section.get("url"):
-        kwargs["url"] = str(section["url"])
-    if name == "electricitymaps":
-        return ElectricityMapsProvider(_read_token(section), **kwargs)
-    return UkNesoProvider(**kwargs)
+    retries = section.get("retries")
+    if isinstance(retries, int):  # a whole number 0..10: check_section ran
+        kwargs["retries"] = retries
+    return kwargs
 
 
 @dataclass(frozen=True)
@@ -152,11 +166,11 @@ class IntensitySettings:
     prices: dict[str, tuple[float, str]]  # zone -> (price per kWh, ISO 4217 currency)
 
 
-def settings_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = None) -> IntensitySettings:
+def settings_from_config(cfg: Mapping[str, object] | None, node_zone: str | None = None) -> IntensitySettings:
     """Zones = the node's zone (intensity.zone, else `node_zone`, else "world") then intensity.zones.
     price_per_kwh is a number for every zone or a mapping zone -> number; currency defaults to EUR."""
     section = intensity_section(cfg)
-    first = normalise_zone(section.get("zone") or node_zone)
+    first = normalise_zone(section_zone(section) or node_zone)
     zones = [first]
     extra = section.get("zones") or []
     if isinstance(extra, str) or not isinstance(extra, list):
@@ -187,7 +201,7 @@ def settings_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = 
 LIST_ZONES_HINT = "`carbonwatch intensity --list-zones` lists the known zones"
 
 
-def _file_zones(section: Mapping[str, Any]) -> set[str]:
+def _file_zones(section: Mapping[str, object]) -> set[str]:
     """Zones of a `provider: file` intensity file, best effort (an unreadable file adds none)."""
     if section.get("provider") != "file" or not section.get("file"):
         return set()
@@ -198,12 +212,12 @@ def _file_zones(section: Mapping[str, Any]) -> set[str]:
     return {normalise_zone(str(k)) for k in data} if isinstance(data, dict) else set()
 
 
-def known_zones(cfg: Mapping[str, Any] | None = None) -> list[str]:
+def known_zones(cfg: Mapping[str, object] | None = None) -> list[str]:
     """Every zone with a value of its own: world, the bundled table's countries, an intensity file's zones."""
     return [WORLD_ZONE, *sorted(set(bundled_table()) | _file_zones(intensity_section(cfg)))]
 
 
-def zone_known(zone: str | None, cfg: Mapping[str, Any] | None = None) -> bool:
+def zone_known(zone: str | None, cfg: Mapping[str, object] | None = None) -> bool:
     """Does `zone` get a value of its own rather than the world average standing in for it? Sub-zones
     (US-CAL-CISO, DK-DK1) count through their country; any zone does with `provider: static`."""
     z = normalise_zone(zone)
@@ -216,7 +230,7 @@ def zone_known(zone: str | None, cfg: Mapping[str, Any] | None = None) -> bool:
     return z in table or z.split("-")[0] in table or z in _file_zones(section)
 
 
-def check_zone(zone: str | None, cfg: Mapping[str, Any] | None = None, what: str = "zone", hint: str = "") -> str:
+def check_zone(zone: str | None, cfg: Mapping[str, object] | None = None, what: str = "zone", hint: str = "") -> str:
     """`zone` normalised, or ConfigError saying it is unknown and how to find valid ones."""
     if not zone_known(zone, cfg):
         shown = repr(zone) if zone is None or len(zone) <= 40 else f"{zone[:40]!r}..."

@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import requests
 
+from carbonwatch.intensity.live import get_json
 from carbonwatch.intensity.providers import (
     FALLBACK_SOURCE,
     IntensityInUse,
@@ -58,7 +58,7 @@ class FeedClient:
     """Reads one zone from a central carbonwatch instance's `/intensity` (JSON)."""
 
     def __init__(self, url: str, timeout: float = 3.0, session: requests.Session | None = None,
-                 auth: Any = None, verify: Any = True) -> None:
+                 auth: tuple[str, str] | requests.auth.AuthBase | None = None, verify: bool | str = True) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -67,21 +67,13 @@ class FeedClient:
 
     def current(self, zone: str) -> IntensityReading:
         where = f"{self.url}{FEED_PATH}?zone={zone}"
-        try:
-            resp = self.session.get(f"{self.url}{FEED_PATH}", params={"zone": zone}, timeout=self.timeout,
-                                    auth=self.auth, verify=self.verify)
-        except requests.RequestException as exc:
-            raise FeedError(f"{type(exc).__name__} for {where}") from None
-        if resp.status_code != 200:
-            raise FeedError(f"HTTP {resp.status_code} from {where}")
-        try:
-            data = resp.json()
-        except ValueError:
-            raise FeedError(f"reply from {where} is not JSON") from None
+        data = get_json(lambda: self.session.get(f"{self.url}{FEED_PATH}", params={"zone": zone},
+                                                 timeout=self.timeout, auth=self.auth, verify=self.verify),
+                        where, FeedError)
         return reading_from_json(data, zone, where)
 
 
-def reading_from_json(data: Any, zone: str, where: str) -> IntensityReading:
+def reading_from_json(data: object, zone: str, where: str) -> IntensityReading:
     """Validate one zone's entry of a `/intensity` reply."""
     if not isinstance(data, dict):
         raise FeedError(f"reply from {where} is not a JSON object")
@@ -218,11 +210,11 @@ class IntensityFeed:
         return 200, json.dumps({"zones": {z: _entry(r) for z, r in sorted(values.items())}}).encode()
 
 
-def _entry(r: IntensityReading) -> dict[str, Any]:
+def _entry(r: IntensityReading) -> dict[str, object]:
     return {"zone": r.zone, "grams_per_kwh": r.grams_per_kwh, "source": r.source, "fetched_at": r.fetched_at}
 
 
-def feed_from_config(cfg: Mapping[str, Any] | None, node_zone: str | None = None) -> IntensityFeed:
+def feed_from_config(cfg: Mapping[str, object] | None, node_zone: str | None = None) -> IntensityFeed:
     """The feed for the exporter's `intensity` section: the node's zone first, then `intensity.zones`."""
     from carbonwatch.durations import parse_duration
     from carbonwatch.errors import ConfigError

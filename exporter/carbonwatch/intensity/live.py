@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import requests
 
@@ -30,6 +30,39 @@ from carbonwatch.intensity.base import (
 )
 
 log = logging.getLogger("carbonwatch.intensity.providers")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+def get_json(send: Callable[[], requests.Response], where: str, error: type[Exception]) -> object:
+    """The JSON body of the 200 answer `send()` gets, else `error` naming `where` (no exception text: it could
+    hold a URL with credentials)."""
+    try:
+        resp = send()
+    except requests.RequestException as exc:
+        raise error(f"{type(exc).__name__} for {where}") from None
+    if resp.status_code != 200:
+        raise error(f"HTTP {resp.status_code} from {where}")
+    try:
+        body: object = resp.json()
+    except ValueError:
+        raise error(f"reply from {where} is not JSON") from None
+    return body
+
+
+class HttpOptions(TypedDict, total=False):
+    """The keyword options of an HTTP provider besides its URL (and token)."""
+
+    cache_ttl: float
+    timeout: float
+    retries: int
+    retry_backoff: float
+    failure_ttl: float
+    fallback: IntensityProvider | None
+    session: requests.Session | None
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
 
 
 class _HttpProvider:
@@ -75,21 +108,11 @@ class _HttpProvider:
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "User-Agent": "carbonwatch"}
 
-    def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+    def _get_json(self, path: str, params: dict[str, str] | None = None) -> object:
         self.requests_made += 1
-        try:
-            resp = self.session.get(
-                f"{self.url}{path}", params=params, headers=self._headers(), timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            # The message names the URL (never the token, which travels only in a header).
-            raise ProviderError(f"{type(exc).__name__} for {self.url}{path}") from None
-        if resp.status_code != 200:
-            raise ProviderError(f"HTTP {resp.status_code} from {self.url}{path}")
-        try:
-            return resp.json()
-        except ValueError:
-            raise ProviderError(f"reply from {self.url}{path} is not JSON") from None
+        # The messages name the URL (never the token, which travels only in a header).
+        return get_json(lambda: self.session.get(f"{self.url}{path}", params=params, headers=self._headers(),
+                                                 timeout=self.timeout), f"{self.url}{path}", ProviderError)
 
     def current(self, zone: str) -> IntensityReading:
         z = normalise_zone(zone)
@@ -126,7 +149,7 @@ class ElectricityMapsProvider(_HttpProvider):
 
     source = "electricitymaps"
 
-    def __init__(self, token: str, url: str = ELECTRICITYMAPS_URL, **kwargs: Any):
+    def __init__(self, token: str, url: str = ELECTRICITYMAPS_URL, **kwargs: Unpack[HttpOptions]):
         super().__init__(url, **kwargs)
         if not token:
             raise ConfigError(
@@ -157,7 +180,7 @@ class UkNesoProvider(_HttpProvider):
 
     source = "uk-neso"
 
-    def __init__(self, url: str = UK_NESO_URL, **kwargs: Any):
+    def __init__(self, url: str = UK_NESO_URL, **kwargs: Unpack[HttpOptions]):
         super().__init__(url, **kwargs)
 
     def covers(self, zone: str) -> bool:
@@ -165,10 +188,11 @@ class UkNesoProvider(_HttpProvider):
 
     def _fetch(self, zone: str) -> float:
         data = self._get_json("/intensity")
-        try:
-            entry = data["data"][0]["intensity"]
-        except (KeyError, IndexError, TypeError):
-            raise ProviderError("uk-neso reply has no data[0].intensity") from None
+        rows = data.get("data") if isinstance(data, dict) else None
+        first = rows[0] if isinstance(rows, list) and rows else None
+        if not isinstance(first, dict) or "intensity" not in first:
+            raise ProviderError("uk-neso reply has no data[0].intensity")
+        entry = first["intensity"]
         value = entry.get("actual") if isinstance(entry, dict) else None
         if value is None and isinstance(entry, dict):
             value = entry.get("forecast")

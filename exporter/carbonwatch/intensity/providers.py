@@ -42,6 +42,7 @@ from carbonwatch.intensity.config import (
     intensity_section,
     known_zones,
     provider_from_config,
+    section_zone,
     settings_from_config,
     zone_known,
 )
@@ -53,5 +54,5 @@ __all__ = [
     "FileProvider", "IntensityInUse", "IntensityProvider", "IntensityReading", "IntensitySettings",
     "ProviderError", "StaticProvider", "TableProvider", "TableRow", "UkNesoProvider", "bundled_table",
     "check_grams", "check_section", "check_zone", "intensity_section", "known_zones", "load_table",
-    "normalise_zone", "provider_from_config", "settings_from_config", "validate_zone", "zone_known",
+    "normalise_zone", "provider_from_config", "section_zone", "settings_from_config", "validate_zone", "zone_known",
 ]

@@ -12,7 +12,6 @@ import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from urllib.parse import unquote
 
 from sqlalchemy import Engine
@@ -77,7 +76,7 @@ def _time(q: Query, name: str) -> float | None:
     return None if v is None else parse_time(v, name)
 
 
-def to_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> bytes:
+def to_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -86,7 +85,7 @@ def to_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _json(code: int, body: Any) -> Reply:
+def _json(code: int, body: object) -> Reply:
     return code, (json.dumps(body, separators=(",", ":"), allow_nan=False) + "\n").encode(), JSON
 
 
@@ -154,6 +153,7 @@ class Api:
             start, end = _time(q, "from"), _time(q, "to")
             with self.engine.connect() as conn:
                 cols: Sequence[str] = RUN_COLUMNS
+                rows: Sequence[Mapping[str, object]]
                 if group == "run":
                     rows = queries.export_runs(conn, start, end, self.cursor)
                 else:

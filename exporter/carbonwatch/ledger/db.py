@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from carbonwatch.errors import ConfigError, NetworkError
 from carbonwatch.ledger import schema
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 
 def default_url() -> str:
@@ -131,13 +135,13 @@ def migrate(engine: Engine, target: int = schema.SCHEMA_VERSION) -> int:
     return max(version, target)
 
 
-def dialect_insert(conn: Connection) -> Callable[..., object]:
-    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL share the method names)."""
+def dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT into `table`, with ON CONFLICT (SQLite and PostgreSQL share the method names)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
-        return pg_insert
+        return pg_insert(table)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-    return sqlite_insert
+    return sqlite_insert(table)
 
 
 def ping(engine: Engine) -> None:

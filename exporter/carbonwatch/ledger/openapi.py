@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from carbonwatch.ledger.queries import GROUPS
 
 
-def _param(name: str, desc: str, schema: dict[str, Any] | None = None, where: str = "query") -> dict[str, Any]:
+def _param(name: str, desc: str, schema: Mapping[str, object] | None = None, where: str = "query") -> dict[str, object]:
     return {"name": name, "in": where, "required": where == "path", "description": desc,
             "schema": schema or {"type": "string"}}
 
@@ -23,15 +23,15 @@ _RUN = {"type": "object", "properties": {
     "estimated": {"type": "number", "description": "fraction of the energy spread over scrape gaps"}}}
 
 
-def _ok(schema: dict[str, Any], csv: bool = True) -> dict[str, Any]:
-    content: dict[str, Any] = {"application/json": {"schema": schema}}
+def _ok(schema: Mapping[str, object], csv: bool = True) -> dict[str, object]:
+    content: dict[str, object] = {"application/json": {"schema": schema}}
     if csv:
         content["text/csv"] = {"schema": {"type": "string"}}
     return {"200": {"description": "OK", "content": content},
             "400": {"description": "a bad parameter, named in `error`"}}
 
 
-def document(version: str) -> dict[str, Any]:
+def document(version: str) -> dict[str, object]:
     group = _param("group_by", "what rows are grouped by", {"type": "string", "enum": list(GROUPS)})
     filters = [_param(k, f"only runs with this {k}") for k in ("user", "project", "model", "team", "zone",
                                                                 "node", "status")]  # fmt: skip
@@ -49,7 +49,7 @@ def document(version: str) -> dict[str, Any]:
             "/api/v1/runs/{run_id}": {"get": {
                 "summary": "one run with nodes, components, segments and quality notes",
                 "parameters": [_param("run_id", "the run id, URL-encoded", where="path"), _FMT],
-                "responses": {**_ok(_RUN), "404": {"description": "no such run"}}}},
+                "responses": _ok(_RUN) | {"404": {"description": "no such run"}}}},
             "/api/v1/usage": {"get": {"summary": "energy, emissions and cost per group and period", "parameters": [
                 group, _param("period", "day or month (UTC)", {"type": "string", "enum": ["day", "month"]}), _FROM,
                 _TO, _FMT], "responses": _ok({"type": "object"})}},

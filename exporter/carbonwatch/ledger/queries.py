@@ -10,12 +10,22 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, case, distinct, func, literal, select
+from sqlalchemy import ColumnElement, Connection, FromClause, RowMapping, Table, case, distinct, func, literal, select
 
 from carbonwatch.errors import ConfigError
 from carbonwatch.ledger import schema
+from carbonwatch.ledger.rows import (
+    ComponentRow,
+    NodeRow,
+    Quality,
+    ResetRow,
+    RunDetail,
+    RunPage,
+    RunRow,
+    SegmentRow,
+    Totals,
+)
 
 LIVE = 300.0  # a run without a pushed status is `running` while it had a sample this recently
 RUN_SCOPES = ("user", "project", "model", "team")
@@ -41,7 +51,7 @@ class RunFilter:
     offset: int = 0
 
 
-def status_expr(cursor: float) -> ColumnElement[Any]:
+def status_expr(cursor: float) -> ColumnElement[str]:
     return case((runs.c.status != "", runs.c.status), (runs.c.last_seen >= cursor - LIVE, "running"),
                 else_="ended")  # fmt: skip
 
@@ -63,9 +73,9 @@ def _where(f: RunFilter, cursor: float) -> list[ColumnElement[bool]]:
 
 
 def totals(conn: Connection, run_ids: list[str], start: float | None = None,
-           end: float | None = None) -> dict[str, dict[str, float]]:
+           end: float | None = None) -> dict[str, Totals]:
     """run_id -> energy_joules, emissions_grams, cost, estimated_joules (within [start, end) if given)."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Totals] = {}
     for i in range(0, len(run_ids), 500):
         q = select(rb.c.run_id, func.sum(rb.c.energy_joules), func.sum(rb.c.emissions_grams), func.sum(rb.c.cost),
                    func.sum(rb.c.estimated_joules)).where(rb.c.run_id.in_(run_ids[i:i + 500]), *_hours(start, end))
@@ -75,7 +85,7 @@ def totals(conn: Connection, run_ids: list[str], start: float | None = None,
     return out
 
 
-def _hours(start: float | None, end: float | None, table: Any = rb) -> list[ColumnElement[bool]]:
+def _hours(start: float | None, end: float | None, table: Table = rb) -> list[ColumnElement[bool]]:
     where = []
     if start is not None:
         where.append(table.c.hour >= int(start // 3600 * 3600))
@@ -84,58 +94,65 @@ def _hours(start: float | None, end: float | None, table: Any = rb) -> list[Colu
     return where
 
 
-def run_row(r: Any, cursor: float, tot: dict[str, float] | None) -> dict[str, Any]:
+def run_row(r: RowMapping, cursor: float, tot: Totals | None) -> RunRow:
+    """The row of a `runs` record (`row._mapping`) with its totals."""
     tot = tot or {"energy_joules": 0.0, "emissions_grams": 0.0, "cost": 0.0, "estimated_joules": 0.0}
-    status = r.status or ("running" if r.last_seen >= cursor - LIVE else "ended")
+    status = r["status"] or ("running" if r["last_seen"] >= cursor - LIVE else "ended")
     energy = tot["energy_joules"]
     return {
-        "run_id": r.run_id, "user": r.user, "project": r.project, "model": r.model, "team": r.team,
-        "status": status, "start": r.start if r.start is not None else r.first_seen,
-        "end": r.end if r.end is not None else (None if status == "running" else r.last_seen),
+        "run_id": r["run_id"], "user": r["user"], "project": r["project"], "model": r["model"], "team": r["team"],
+        "status": status, "start": r["start"] if r["start"] is not None else r["first_seen"],
+        "end": r["end"] if r["end"] is not None else (None if status == "running" else r["last_seen"]),
         "energy_joules": energy, "emissions_grams": tot["emissions_grams"], "cost": tot["cost"],
-        "currency": r.currency, "budget_grams": r.budget_grams, "samples": r.samples, "epochs": r.epochs,
-        "estimated": tot["estimated_joules"] / energy if energy > 0 else 0.0,
+        "currency": r["currency"], "budget_grams": r["budget_grams"], "samples": r["samples"],
+        "epochs": r["epochs"], "estimated": tot["estimated_joules"] / energy if energy > 0 else 0.0,
     }
 
 
-def list_runs(conn: Connection, f: RunFilter, cursor: float) -> dict[str, Any]:
+def list_runs(conn: Connection, f: RunFilter, cursor: float) -> RunPage:
     where = _where(f, cursor)
     total = int(conn.execute(select(func.count()).select_from(runs).where(*where)).scalar() or 0)
     q = select(runs).where(*where).order_by(func.coalesce(runs.c.start, runs.c.first_seen).desc(), runs.c.run_id)
     rows = list(conn.execute(q.limit(f.limit).offset(f.offset)))
     tot = totals(conn, [r.run_id for r in rows])
     nxt = f.offset + len(rows)
-    return {"runs": [run_row(r, cursor, tot.get(r.run_id)) for r in rows], "total": total,
+    return {"runs": [run_row(r._mapping, cursor, tot.get(r.run_id)) for r in rows], "total": total,
             "next_offset": nxt if nxt < total else None}
 
 
-def one_run(conn: Connection, run_id: str, cursor: float) -> dict[str, Any] | None:
+def one_run(conn: Connection, run_id: str, cursor: float) -> RunDetail | None:
     r = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
     if r is None:
         return None
-    out = run_row(r, cursor, totals(conn, [run_id]).get(run_id))
-    out["labels"] = {k: getattr(r, k) for k in RUN_SCOPES}
-    out["nodes"] = _nodes(conn, run_id)
-    out["components"] = [
+    nodes = _nodes(conn, run_id)
+    return {**run_row(r._mapping, cursor, totals(conn, [run_id]).get(run_id)),
+            "labels": {k: r._mapping[k] for k in RUN_SCOPES}, "nodes": nodes,
+            "components": _components(conn, run_id), "segments": _segments(conn, run_id),
+            "quality": quality(conn, run_id, nodes)}
+
+
+def _components(conn: Connection, run_id: str) -> list[ComponentRow]:
+    return [
         {"component": c[0], "energy_joules": c[1], "emissions_grams": c[2], "estimated_joules": c[3]}
         for c in conn.execute(select(rb.c.component, func.sum(rb.c.energy_joules), func.sum(rb.c.emissions_grams),
                                      func.sum(rb.c.estimated_joules)).where(rb.c.run_id == run_id)
                               .group_by(rb.c.component).order_by(rb.c.component))]  # fmt: skip
+
+
+def _segments(conn: Connection, run_id: str) -> list[SegmentRow]:
     sg = schema.segments
-    out["segments"] = [{"instance": s.instance, "start": s.start, "end": s.end} for s in conn.execute(
+    return [{"instance": s.instance, "start": s.start, "end": s.end} for s in conn.execute(
         select(sg).where(sg.c.run_id == run_id).order_by(sg.c.start, sg.c.instance))]
-    out["quality"] = quality(conn, run_id, out)
-    return out
 
 
-def _nodes(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+def _nodes(conn: Connection, run_id: str) -> list[NodeRow]:
     s = schema.series
     times = {(t.instance, t.component): (t.first_time, t.last_time) for t in conn.execute(
         select(s.c.instance, s.c.component, s.c.first_time, s.c.last_time)
         .where(s.c.run_id == run_id, s.c.metric == "run_energy"))}
     q = select(rb.c.instance, rb.c.component, rb.c.zone, func.sum(rb.c.energy_joules),
                func.sum(rb.c.emissions_grams), func.sum(rb.c.estimated_joules)).where(rb.c.run_id == run_id)
-    out = []
+    out: list[NodeRow] = []
     for n in conn.execute(q.group_by(rb.c.instance, rb.c.component, rb.c.zone).order_by(rb.c.instance,
                                                                                          rb.c.component)):
         first, last = times.get((n[0], n[1]), (None, None))
@@ -144,12 +161,12 @@ def _nodes(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def quality(conn: Connection, run_id: str, run: dict[str, Any]) -> dict[str, Any]:
+def quality(conn: Connection, run_id: str, nodes: list[NodeRow]) -> Quality:
     est = conn.execute(select(rb.c.hour, func.sum(rb.c.estimated_joules)).where(
         rb.c.run_id == run_id, rb.c.estimated_joules > 0).group_by(rb.c.hour).order_by(rb.c.hour)).all()
     rs = schema.resets
     q = select(rs).where(rs.c.run_id == run_id, rs.c.metric.in_(ENERGY)).order_by(rs.c.time)
-    resets = [{"instance": x.instance, "component": x.component, "metric": x.metric, "time": x.time,
+    resets: list[ResetRow] = [{"instance": x.instance, "component": x.component, "metric": x.metric, "time": x.time,
                "value_before": x.value_before, "value_after": x.value_after} for x in conn.execute(q)]
     notes = []
     if est:
@@ -157,8 +174,8 @@ def quality(conn: Connection, run_id: str, run: dict[str, Any]) -> dict[str, Any
     for x in resets:
         notes.append(f"counter {x['metric']} of {x['component']} on {x['instance']} started again from 0 at "
                      f"{iso(x['time'])}; the {x['value_before']:.6g} it held before stays counted")
-    if len({n["instance"] for n in run["nodes"]}) > 1:
-        notes.append(f"ran on {len({n['instance'] for n in run['nodes']})} nodes")
+    if len({n["instance"] for n in nodes}) > 1:
+        notes.append(f"ran on {len({n['instance'] for n in nodes})} nodes")
     return {"estimated_joules": sum(e for _, e in est), "estimated_hours": [h for h, _ in est],
             "counter_resets": resets, "notes": notes}
 
@@ -184,9 +201,9 @@ def month_starts(start: float, end: float) -> list[int]:
             return out
 
 
-def _period(hour: Any, period: str, start: float, end: float) -> ColumnElement[Any]:
+def _period(hour: ColumnElement[int], period: str, start: float, end: float) -> ColumnElement[int]:
     if period == "day":
-        day: ColumnElement[Any] = hour - hour % 86400
+        day: ColumnElement[int] = hour - hour % 86400
         return day
     if period == "month":
         starts = month_starts(start, end)
@@ -199,7 +216,8 @@ def _period(hour: Any, period: str, start: float, end: float) -> ColumnElement[A
     raise ConfigError(f"period: {period!r} is not day or month")
 
 
-def usage(conn: Connection, group_by: str, period: str, start: float | None, end: float | None) -> list[dict[str, Any]]:
+def usage(conn: Connection, group_by: str, period: str, start: float | None,
+          end: float | None) -> list[dict[str, object]]:
     """Rows per group and period: energy, emissions, cost, estimated energy, runs. Whole-day ranges (the
     default: every day held) read the day rollups, others the hour buckets."""
     if group_by not in GROUPS:
@@ -212,7 +230,7 @@ def usage(conn: Connection, group_by: str, period: str, start: float | None, end
     table = (nd if days else nb) if node else (rd if days else rb)
     if node:
         col = table.c.zone if group_by == "zone" else table.c.instance
-        src: Any = table
+        src: FromClause = table
     else:
         col = table.c.run_id if group_by == "run" else getattr(runs.c, group_by)
         src = table if group_by == "run" else table.join(runs, table.c.run_id == runs.c.run_id)
@@ -230,10 +248,10 @@ def usage(conn: Connection, group_by: str, period: str, start: float | None, end
 
 
 def _run_counts(conn: Connection, group_by: str, period: str, lo: float, hi: float,
-                days: bool) -> dict[tuple[Any, Any], int]:
+                days: bool) -> dict[tuple[object, object], int]:
     table = rd if days and group_by != "node" else rb
     col = {"zone": table.c.zone, "node": rb.c.instance, "run": table.c.run_id}.get(group_by)
-    src: Any = table
+    src: FromClause = table
     if col is None:
         col = getattr(runs.c, group_by)
         src = table.join(runs, table.c.run_id == runs.c.run_id)
@@ -252,13 +270,13 @@ def _edge_hour(conn: Connection, first: bool) -> float:
     return min(found) if first else max(found)
 
 
-def export_runs(conn: Connection, start: float | None, end: float | None, cursor: float) -> list[dict[str, Any]]:
+def export_runs(conn: Connection, start: float | None, end: float | None, cursor: float) -> list[RunRow]:
     """One row per run with energy in [start, end): labels, status, times, energy, emissions, cost."""
     ids = [r[0] for r in conn.execute(select(rb.c.run_id).distinct().where(*_hours(start, end)))]
     tot = totals(conn, ids, start, end)
-    out: list[dict[str, Any]] = []
+    out: list[RunRow] = []
     for i in range(0, len(ids), 500):
         for r in conn.execute(select(runs).where(runs.c.run_id.in_(ids[i:i + 500]))):
-            out.append(run_row(r, cursor, tot.get(r.run_id)))
+            out.append(run_row(r._mapping, cursor, tot.get(r.run_id)))
     return sorted(out, key=lambda x: (x["start"] or 0, x["run_id"]))
 

@@ -10,15 +10,15 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from carbonwatch.contracts import LEDGER_BY_NAME
 from carbonwatch.ledger import queries, schema
+from carbonwatch.ledger.rows import RunRow
 from carbonwatch.ledger.sync import Health
 
 SCOPES = ("user", "project", "team", "model", "zone")
@@ -28,7 +28,7 @@ rb, nb, runs = schema.run_buckets, schema.node_buckets, schema.runs
 
 @dataclass
 class Snapshot:
-    runs: list[dict[str, Any]] = field(default_factory=list)  # run rows (queries.run_row) within the window
+    runs: list[RunRow] = field(default_factory=list)  # run rows (queries.run_row) within the window
     components: list[tuple[str, str, float, float]] = field(default_factory=list)
     scopes: dict[str, dict[tuple[str, str], tuple[float, float]]] = field(default_factory=dict)
     resets: dict[str, tuple[int, float]] = field(default_factory=dict)  # instance -> (count, last time)
@@ -55,7 +55,7 @@ def compute(engine: Engine, cursor: float, window: float) -> Snapshot:
         live = conn.execute(select(runs).where(func.coalesce(runs.c.end, runs.c.last_seen) >= cursor - window)).all()
         ids = [r.run_id for r in live]
         tot = queries.totals(conn, ids)
-        snap.runs = [queries.run_row(r, cursor, tot.get(r.run_id)) for r in live]
+        snap.runs = [queries.run_row(r._mapping, cursor, tot.get(r.run_id)) for r in live]
         for i in range(0, len(ids), 500):
             q = select(rb.c.run_id, rb.c.component, func.sum(rb.c.energy_joules), func.sum(rb.c.emissions_grams))
             snap.components += [(str(x[0]), str(x[1]), float(x[2] or 0), float(x[3] or 0)) for x in conn.execute(
@@ -74,7 +74,7 @@ def compute(engine: Engine, cursor: float, window: float) -> Snapshot:
     return snap
 
 
-def _scopes(conn: Any, cursor: float) -> dict[str, dict[tuple[str, str], tuple[float, float]]]:
+def _scopes(conn: Connection, cursor: float) -> dict[str, dict[tuple[str, str], tuple[float, float]]]:
     starts = period_starts(cursor)
     lo = min(starts.values())
     out: dict[str, dict[tuple[str, str], tuple[float, float]]] = {s: {} for s in SCOPES}

@@ -13,10 +13,9 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from sys import intern
-from typing import Any
 
 from carbonwatch.errors import NetworkError
-from carbonwatch.promql import Prometheus
+from carbonwatch.promql import PromEntry, Prometheus
 
 # ledger metric kind -> (exposed counter name, does its first value count)
 COUNTERS: dict[str, tuple[str, bool]] = {
@@ -86,7 +85,7 @@ class Source:
             expr = f"{COUNTERS[kind][0]}{{{part}}}[{duration_ms(end - start)}]"
             yield from self._counter(kind, self.prom.raw(expr, end, EXTRA), start)
 
-    def _counter(self, kind: str, result: list[dict[str, Any]], start: float) -> list[RawSeries]:
+    def _counter(self, kind: str, result: list[PromEntry], start: float) -> list[RawSeries]:
         chosen: dict[str, tuple[tuple[int, str], RawSeries]] = {}
         drop = {"__name__", *self.replica_labels}
         for entry in result:

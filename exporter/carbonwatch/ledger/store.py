@@ -5,11 +5,11 @@ leaves the database as it was (the window is read again); after it, nothing of t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, func, select
 
 from carbonwatch.contracts import JOULES_PER_KWH
 from carbonwatch.errors import CarbonwatchError
@@ -19,6 +19,9 @@ from carbonwatch.ledger.db import dialect_insert
 
 RunKey = tuple[str, str, str, str, int]  # run_id, instance, component, zone, hour
 NodeKey = tuple[str, str, str, int]  # instance, component, zone, hour
+DayKey = tuple[str, str, int]  # run_id or instance, zone, day
+_Hourly = TypeVar("_Hourly", RunKey, NodeKey)
+_Key = TypeVar("_Key", RunKey, NodeKey, DayKey)
 Cell = list[float]  # energy J, emissions g, estimated J, estimated g
 CURSOR = "prometheus"  # the one source today
 RUN_FIELDS = ("user", "project", "model", "team", "status", "label_origin", "start", "end", "budget_grams",
@@ -43,8 +46,8 @@ class Batch:
     run_cells: dict[RunKey, Cell] = field(default_factory=dict)
     node_cells: dict[NodeKey, Cell] = field(default_factory=dict)
     series: dict[str, SeriesRow] = field(default_factory=dict)
-    resets: list[dict[str, Any]] = field(default_factory=list)
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> fields seen in the window
+    resets: list[dict[str, object]] = field(default_factory=list)
+    runs: dict[str, dict[str, object]] = field(default_factory=dict)  # run_id -> fields seen in the window
     seen: dict[tuple[str, str], tuple[float, float, float | None]] = field(default_factory=dict)
     zones: dict[str, str] = field(default_factory=dict)
     prices: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -121,9 +124,8 @@ def _move_cursor(conn: Connection, previous: float | None, until: float, now: fl
     a second writer waits, then finds the cursor moved and rolls back instead of counting the window twice."""
     t = schema.cursor
     if previous is None:
-        insert: Any = dialect_insert(conn)(t)
-        stmt = insert.values(source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(
-            index_elements=["source"])
+        stmt: Insert | Update = dialect_insert(conn, t).values(
+            source=CURSOR, synced_until=until, updated_at=now).on_conflict_do_nothing(index_elements=["source"])
     else:
         stmt = t.update().where(t.c.source == CURSOR, t.c.synced_until == previous).values(
             synced_until=until, updated_at=now)
@@ -132,7 +134,7 @@ def _move_cursor(conn: Connection, previous: float | None, until: float, now: fl
                           "it); this one reads its state again")
 
 
-def _upsert(conn: Connection, table: Any, keys: list[str], rows: list[dict[str, Any]],
+def _upsert(conn: Connection, table: Table, keys: list[str], rows: Sequence[Mapping[str, object]],
             add: Iterable[str] = ()) -> None:
     """INSERT ... ON CONFLICT (keys) DO UPDATE (the columns in `add` are added to), one executemany. The SQL
     is the same on SQLite and PostgreSQL; it goes to the driver directly (SQLAlchemy's per-row parameter
@@ -158,13 +160,13 @@ def _zones_prices(conn: Connection, batch: Batch) -> None:
                                             for z, (c, p) in batch.prices.items()])
 
 
-def _cells(conn: Connection, table: Any, keys: tuple[str, ...], cells: dict[Any, Cell],
+def _cells(conn: Connection, table: Table, keys: tuple[str, ...], cells: dict[_Key, Cell],
            prices: dict[str, tuple[str, float]]) -> None:
     rows = []
     zone_at = keys.index("zone")
     for key, (e, g, ee, eg) in cells.items():
-        price = prices.get(key[zone_at], ("", 0.0))[1]
-        row = dict(zip(keys, key, strict=True))
+        price = prices.get(str(key[zone_at]), ("", 0.0))[1]
+        row: dict[str, object] = dict(zip(keys, key, strict=True))
         row.update(energy_joules=e, emissions_grams=g, estimated_joules=ee, estimated_grams=eg,
                    cost=e / JOULES_PER_KWH * price)
         rows.append(row)
@@ -172,12 +174,13 @@ def _cells(conn: Connection, table: Any, keys: tuple[str, ...], cells: dict[Any,
             add=("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"))
 
 
-def _days(cells: dict[Any, Cell], keep: tuple[int, int]) -> dict[Any, Cell]:
+def _days(cells: dict[_Hourly, Cell], keep: tuple[int, int]) -> dict[DayKey, Cell]:
     """`cells` summed per (key[keep[0]], key[keep[1]], UTC day of the hour)."""
-    out: dict[Any, Cell] = {}
+    out: dict[DayKey, Cell] = {}
     for key, cell in cells.items():
         hour = key[-1]
-        day_cell = out.setdefault((key[keep[0]], key[keep[1]], hour - hour % 86400), [0.0, 0.0, 0.0, 0.0])
+        day = (str(key[keep[0]]), str(key[keep[1]]), hour - hour % 86400)
+        day_cell = out.setdefault(day, [0.0, 0.0, 0.0, 0.0])
         for i in range(4):
             day_cell[i] += cell[i]
     return out
@@ -203,8 +206,8 @@ def _series(conn: Connection, rows: dict[str, SeriesRow]) -> None:
         for k, r in rows.items()])
 
 
-def _existing_runs(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _existing_runs(conn: Connection, ids: list[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
     t = schema.runs
     for i in range(0, len(ids), CHUNK_PARAMS):
         for r in conn.execute(select(t).where(t.c.run_id.in_(ids[i:i + CHUNK_PARAMS]))):
@@ -227,16 +230,23 @@ def _runs(conn: Connection, batch: Batch) -> None:
         row = old.get(run_id) or {"run_id": run_id, **{f: None for f in RUN_FIELDS}}
         row = merge_run(row, batch.runs.get(run_id, {}))
         seen0, seen1 = first.get(run_id), last.get(run_id)
-        row["first_seen"] = min(x for x in (row.get("first_seen"), seen0, seen1) if x is not None) \
-            if (row.get("first_seen"), seen0) != (None, None) else batch.until
-        row["last_seen"] = max(x for x in (row.get("last_seen"), seen1, row["first_seen"]) if x is not None)
+        held0, held1 = _time(row.get("first_seen")), _time(row.get("last_seen"))
+        first_seen = min(x for x in (held0, seen0, seen1) if x is not None) \
+            if (held0, seen0) != (None, None) else batch.until
+        row["first_seen"] = first_seen
+        row["last_seen"] = max(x for x in (held1, seen1, first_seen) if x is not None)
         for f in ("user", "project", "model", "team", "status", "label_origin", "currency"):
             row[f] = row.get(f) or ""
         rows.append(row)
     _upsert(conn, schema.runs, ["run_id"], rows)
 
 
-def merge_run(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def _time(value: object) -> float | None:
+    """A first/last-seen column as read back (a number, or None for a new run)."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def merge_run(row: Mapping[str, object], new: Mapping[str, object]) -> dict[str, object]:
     """The run's row with what the window saw: the client's labels win over an exporter's; an empty label
     never overwrites a known one; pushed numbers replace older ones."""
     row = dict(row)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from carbonwatch import yamlfile
 from carbonwatch.durations import parse_duration
@@ -22,6 +22,7 @@ COLLECTORS = ("gpu", "cpu", "memory", "process", "intensity")
 TOP_KEYS = ("zone", "sample_interval", "web", "collectors", "cpu", "memory", "gpu", "process", "intensity", "run",
             "storage", "kubernetes", "slurm")
 DEFAULT_SPOOL_DIR = "/tmp/carbonwatch-runs"
+_T = TypeVar("_T")
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 
@@ -113,7 +114,7 @@ class ExporterConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    intensity: dict[str, Any] = field(default_factory=dict)  # validated by carbonwatch.intensity.providers
+    intensity: dict[str, object] = field(default_factory=dict)  # validated by carbonwatch.intensity.providers
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
@@ -132,43 +133,50 @@ def parse_listen_address(value: str, what: str = "web.listen_address") -> tuple[
     return host, port
 
 
-def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
-    if isinstance(value, bool) and kind is not bool and (kind is int or kind is float or kind == (int, float)):
+def _check_type(key: str, value: object, kind: type[_T]) -> _T:
+    if isinstance(value, bool) and kind is not bool and (kind is int or kind is float):
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _positive(key: str, value: Any, allow_zero: bool = False) -> float:
-    v = float(_check_type(key, value, (int, float)))
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected int or float, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _positive(key: str, value: object, allow_zero: bool = False) -> float:
+    v = _number(key, value)
     if v < 0 or (v == 0 and not allow_zero):
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return v
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
     return str(value)
 
 
-def _unknown(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+def _unknown(section: str, data: Mapping[str, object], allowed: set[str]) -> None:
     for key in data:
         if key not in allowed:
             where = f"{section}.{key}" if section else str(key)
             raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+def _section(data: Mapping[str, object], name: str) -> Mapping[str, object]:
     value = data.get(name) or {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
     return value
 
 
-def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfig:
+def apply_mapping(cfg: ExporterConfig, data: Mapping[str, object]) -> ExporterConfig:
     """Apply a parsed YAML document to `cfg` (in place) and return it."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
@@ -193,7 +201,7 @@ def apply_mapping(cfg: ExporterConfig, data: Mapping[str, Any]) -> ExporterConfi
     return cfg
 
 
-def _apply_web(cfg: ExporterConfig, web: Mapping[str, Any]) -> None:
+def _apply_web(cfg: ExporterConfig, web: Mapping[str, object]) -> None:
     _unknown("web", web, {"listen_address", "config_file"})
     if "listen_address" in web:
         cfg.listen_address = str(_check_type("web.listen_address", web["listen_address"], str))
@@ -202,13 +210,13 @@ def _apply_web(cfg: ExporterConfig, web: Mapping[str, Any]) -> None:
         cfg.web_config_file = str(_check_type("web.config_file", web["config_file"], str))
 
 
-def _apply_collectors(cfg: ExporterConfig, cols: Mapping[str, Any]) -> None:
+def _apply_collectors(cfg: ExporterConfig, cols: Mapping[str, object]) -> None:
     _unknown("collectors", cols, set(COLLECTORS))
     for name, on in cols.items():
         cfg.collectors[name] = bool(_check_type(f"collectors.{name}", on, bool))
 
 
-def _apply_cpu(c: CpuConfig, cpu: Mapping[str, Any]) -> None:
+def _apply_cpu(c: CpuConfig, cpu: Mapping[str, object]) -> None:
     _unknown("cpu", cpu, {f.name for f in fields(CpuConfig)})
     if "source" in cpu:
         c.source = _choice("cpu.source", cpu["source"], ("auto", "rapl", "model"))
@@ -224,7 +232,7 @@ def _apply_cpu(c: CpuConfig, cpu: Mapping[str, Any]) -> None:
             raise ConfigError("cpu.min_watts_per_cpu: must not exceed cpu.max_watts_per_cpu")
 
 
-def _apply_memory_gpu(cfg: ExporterConfig, mem: Mapping[str, Any], gpu: Mapping[str, Any]) -> None:
+def _apply_memory_gpu(cfg: ExporterConfig, mem: Mapping[str, object], gpu: Mapping[str, object]) -> None:
     _unknown("memory", mem, {f.name for f in fields(MemoryConfig)})
     if "source" in mem:
         cfg.memory.source = _choice("memory.source", mem["source"], ("auto", "rapl", "model"))
@@ -239,7 +247,7 @@ def _apply_memory_gpu(cfg: ExporterConfig, mem: Mapping[str, Any], gpu: Mapping[
             setattr(cfg.gpu, key, parse_duration(gpu[key], f"gpu.{key}"))
 
 
-def _apply_process(process: ProcessConfig, proc: Mapping[str, Any]) -> None:
+def _apply_process(process: ProcessConfig, proc: Mapping[str, object]) -> None:
     _unknown("process", proc, {f.name for f in fields(ProcessConfig)})
     if "proc_root" in proc:
         process.proc_root = str(_check_type("process.proc_root", proc["proc_root"], str))
@@ -257,7 +265,7 @@ def _apply_process(process: ProcessConfig, proc: Mapping[str, Any]) -> None:
         process.scan_interval = parse_duration(proc["scan_interval"], "process.scan_interval")
 
 
-def _apply_storage(st: StorageConfig, storage: Mapping[str, Any]) -> None:
+def _apply_storage(st: StorageConfig, storage: Mapping[str, object]) -> None:
     _unknown("storage", storage, {f.name for f in fields(StorageConfig)})
     if "path" in storage:
         st.path = check_storage_path(str(_check_type("storage.path", storage["path"], str)))
@@ -267,7 +275,7 @@ def _apply_storage(st: StorageConfig, storage: Mapping[str, Any]) -> None:
             raise ConfigError(f"storage.interval: must be between 100ms and 60s, got {storage['interval']!r}")
 
 
-def _label_keys(key: str, value: Any) -> tuple[str, ...]:
+def _label_keys(key: str, value: object) -> tuple[str, ...]:
     keys = [value] if isinstance(value, str) else value
     if not isinstance(keys, list) or not keys:
         raise ConfigError(f"{key}: expected a pod label key or a non-empty list of them, got {value!r}")
@@ -277,7 +285,7 @@ def _label_keys(key: str, value: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _apply_kubernetes(k8s: KubernetesConfig, data: Mapping[str, Any]) -> None:
+def _apply_kubernetes(k8s: KubernetesConfig, data: Mapping[str, object]) -> None:
     _unknown("kubernetes", data, {f.name for f in fields(KubernetesConfig)})
     if "enabled" in data:
         v = data["enabled"]
@@ -315,7 +323,7 @@ def _apply_kubernetes(k8s: KubernetesConfig, data: Mapping[str, Any]) -> None:
         k8s.exclude_namespaces = tuple(v)
 
 
-def _apply_slurm(slurm: SlurmConfig, data: Mapping[str, Any]) -> None:
+def _apply_slurm(slurm: SlurmConfig, data: Mapping[str, object]) -> None:
     _unknown("slurm", data, {f.name for f in fields(SlurmConfig)})
     if "enabled" in data:
         slurm.enabled = bool(_check_type("slurm.enabled", data["enabled"], bool))
@@ -323,7 +331,7 @@ def _apply_slurm(slurm: SlurmConfig, data: Mapping[str, Any]) -> None:
         slurm.cluster = validate_slurm_cluster(data["cluster"])
 
 
-def validate_slurm_cluster(value: Any, what: str = "slurm.cluster") -> str:
+def validate_slurm_cluster(value: object, what: str = "slurm.cluster") -> str:
     if not isinstance(value, str) or not SLURM_CLUSTER_RE.match(value):
         raise ConfigError(
             f"{what}: {value!r} is not a cluster name (1-64 letters, digits, '_', '.', '-'; part of run ids)")
@@ -344,8 +352,8 @@ def check_storage_path(path: str, what: str = "storage.path") -> str:
     return path
 
 
-def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    data: dict[str, Any] = yamlfile.load(path, "config.file")
+def load_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    data: dict[str, object] = yamlfile.load(path, "config.file")
     return data
 
 

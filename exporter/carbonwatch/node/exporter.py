@@ -137,8 +137,9 @@ def check_zones(cfg: ExporterConfig, what: str, path: str | None) -> None:
     zone was set and pointing to `--list-zones`."""
     ctx, hint = {"intensity": cfg.intensity}, "or pass --allow-unknown"
     cfg.zone = check_zone(cfg.zone, ctx, what, hint)
-    for z in [cfg.intensity.get("zone"), *(cfg.intensity.get("zones") or [])]:
-        if z:
+    zones = cfg.intensity.get("zones")  # a list of strings: check_section ran when the file was read
+    for z in [cfg.intensity.get("zone"), *(zones if isinstance(zones, list) else [])]:
+        if isinstance(z, str) and z:
             check_zone(z, ctx, f"intensity.zone{'s' if z != cfg.intensity.get('zone') else ''} (in {path})", hint)
 
 

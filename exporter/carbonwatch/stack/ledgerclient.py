@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -45,7 +44,7 @@ def prometheus_url(flag: str | None, environ: Mapping[str, str] | None = None) -
     return flag or stack_setting(PROMETHEUS_ENV, environ)
 
 
-def fetch_run(url: str, run_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
+def fetch_run(url: str, run_id: str, timeout: float = 10.0) -> dict[str, object] | None:
     """The ledger's record of `run_id`; None when the ledger does not know it (404)."""
     base = url if "://" in url else f"http://{url}"
     if not base.startswith(("http://", "https://")):
@@ -66,52 +65,67 @@ def fetch_run(url: str, run_id: str, timeout: float = 10.0) -> dict[str, Any] | 
     return body
 
 
-def _num(value: Any) -> float | None:
-    return None if value is None or isinstance(value, bool) else float(value)
+def _num(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, str)):
+        return float(value)
+    raise NetworkError(f"--ledger: the run record holds {value!r} where a number belongs")
 
 
-def _components(data: Mapping[str, Any]) -> dict[str, ComponentReport]:
-    raw = data.get("components") or []
-    rows = [dict(v, component=k) for k, v in raw.items()] if isinstance(raw, Mapping) else list(raw)
+def _maps(value: object) -> list[Mapping[str, object]]:
+    """The mappings of a list in the run record (parsed JSON); [] when absent."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _components(data: Mapping[str, object]) -> dict[str, ComponentReport]:
+    raw = data.get("components")
+    rows = [{**v, "component": k} for k, v in raw.items() if isinstance(v, Mapping)] \
+        if isinstance(raw, Mapping) else _maps(raw)
+    nodes = _maps(data.get("nodes"))
     out: dict[str, ComponentReport] = {}
     for row in rows:
-        sources = sorted({str(n.get("source")) for n in data.get("nodes") or []
+        sources = sorted({str(n.get("source")) for n in nodes
                           if n.get("component") == row["component"] and n.get("source")})
         out[str(row["component"])] = ComponentReport(_num(row.get("energy_joules")),
                                                      _num(row.get("emissions_grams")), sources)
     return out
 
 
-def _segments(data: Mapping[str, Any]) -> list[Segment]:
-    segs = [Segment(int(s.get("number") or s.get("segment") or i), _num(s.get("start")), _num(s.get("end")),
-                    str(s.get("instance") or ""))
-            for i, s in enumerate(data.get("segments") or [], 1)]
+def _segments(data: Mapping[str, object]) -> list[Segment]:
+    segs = [Segment(int(_num(s.get("number") or s.get("segment") or i) or i), _num(s.get("start")),
+                    _num(s.get("end")), str(s.get("instance") or ""))
+            for i, s in enumerate(_maps(data.get("segments")), 1)]
     return segs if len(segs) > 1 else []
 
 
-def quality_notes(data: Mapping[str, Any]) -> list[str]:
+def quality_notes(data: Mapping[str, object]) -> list[str]:
     """The ledger's data-quality notes, plus how much of the energy is an estimate."""
     q = data.get("quality") or {}
-    notes = [str(n) for n in (q.get("notes") if isinstance(q, Mapping) else q) or []]
+    found = q.get("notes") if isinstance(q, Mapping) else q
+    notes = [str(n) for n in found] if isinstance(found, list) else []
     estimated = _num(data.get("estimated"))
     if estimated:
         notes.insert(0, f"{estimated * 100:.3g} % of the energy is estimated (spread over scrape gaps)")
     return notes
 
 
-def report_from_ledger(url: str, data: Mapping[str, Any]) -> Report:
+def report_from_ledger(url: str, data: Mapping[str, object]) -> Report:
     """A Report from the ledger's run record."""
-    labels = {**{k: data.get(k) or "" for k in ("user", "project", "model", "team")}, **(data.get("labels") or {})}
+    given = data.get("labels")
+    labels = {**{k: data.get(k) or "" for k in ("user", "project", "model", "team")},
+              **(given if isinstance(given, Mapping) else {})}
     rep = Report(run_id=str(data["run_id"]), prometheus=url, generated_at=time.time(),
                  status=str(data.get("status") or "unknown"), source="ledger")
     rep.user, rep.project = str(labels.get("user") or ""), str(labels.get("project") or "")
     rep.model, rep.team = str(labels.get("model") or ""), str(labels.get("team") or "")
-    rep.zones = sorted({str(n["zone"]) for n in data.get("nodes") or [] if n.get("zone")})
+    rep.zones = sorted({str(n["zone"]) for n in _maps(data.get("nodes")) if n.get("zone")})
     rep.start_time_seconds, rep.end_time_seconds = _num(data.get("start")), _num(data.get("end"))
     rep.energy_joules, rep.emissions_grams = _num(data.get("energy_joules")), _num(data.get("emissions_grams"))
     rep.components = _components(data)
-    if data.get("cost") is not None:
-        rep.cost = {str(data.get("currency") or ""): float(data["cost"])}
+    cost = _num(data.get("cost"))
+    if cost is not None:
+        rep.cost = {str(data.get("currency") or ""): cost}
     rep.budget_grams = _num(data.get("budget_grams"))
     rep.epochs, rep.samples = _num(data.get("epochs")), _num(data.get("samples"))
     rep.segments = _segments(data)

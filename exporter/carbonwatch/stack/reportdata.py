@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from carbonwatch.contracts import COMPONENTS, JOULES_PER_KWH
 from carbonwatch.equivalents import FACTORS, equivalents
@@ -69,7 +68,7 @@ class Report:
     quality: list[str] = field(default_factory=list)  # what is estimated or was repaired, in words
     source: str = "prometheus"  # prometheus | ledger
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         out = asdict(self)
         out["equivalent_sources"] = {f.name: {"unit": f.unit, "citation": f.citation} for f in FACTORS}
         return out

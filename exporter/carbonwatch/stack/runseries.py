@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from carbonwatch.promql import Prometheus
+from carbonwatch.promql import PromEntry, Prometheus
 
 ENERGY = "carbonwatch_run_energy_joules_total"
 EMISSIONS = "carbonwatch_run_emissions_grams_total"
@@ -79,7 +78,7 @@ class RunCounters:
         return sum(self.by_component.values()) if self.by_component else None
 
 
-def _samples(entry: dict[str, Any]) -> list[tuple[float, float]]:
+def _samples(entry: PromEntry) -> list[tuple[float, float]]:
     return [(float(t), float(v)) for t, v in entry.get("values", [])]
 
 
