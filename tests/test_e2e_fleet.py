@@ -138,9 +138,10 @@ def test_pod_and_slurm_job_are_attributed_labelled_and_recorded(fleet, capsys):
 
     info = {lab["run_id"]: lab for lab, _ in eventually(both_runs, 30, "run info of both runs")}
     assert info["k8s:vision:ddp"] == {"run_id": "k8s:vision:ddp", "origin": "kubernetes", "user": "ada",
-                                      "project": "nlp", "model": "bert", "team": ""}
+                                      "project": "nlp", "model": "bert", "team": "", "host": "", "status": ""}
     assert info["slurm-hpc1-4242"] == {"run_id": "slurm-hpc1-4242", "origin": "slurm", "user": "alice",
-                                       "project": "physics", "model": "train-gpt", "team": ""}
+                                       "project": "physics", "model": "train-gpt", "team": "", "host": "",
+                                       "status": ""}
     time.sleep(6)  # a few seconds of burning, scraped and recorded every second
     text = exp.scrape()
     cont = {(lab["namespace"], lab["pod"], lab["container"], lab["component"]): v

@@ -49,10 +49,10 @@ def label_problem(value: str) -> str:
         return TOO_LONG
     if _undecodable(value):
         return INVALID_UTF8
-    if '"' in value or "\\" in value:
-        return QUOTE_OR_BACKSLASH
     if not value.isprintable():
         return CONTROL_CHARACTER
+    if '"' in value or "\\" in value:
+        return QUOTE_OR_BACKSLASH
     return ""
 
 

@@ -20,7 +20,7 @@ BURN = "import time\nt = time.time()\nwhile time.time() - t < 12: pass\n"
 
 @pytest.mark.slow
 def test_a_12s_burner_reads_within_5_percent_of_the_local_meter_at_10s(tmp_path):
-    cfg = {"zone": "DE", "sample_interval": "1s", "cpu": {"source": "model", "tdp_watts": 100},
+    cfg = {"zone": "DE", "sample_interval": "1s", "cpu": {"source": "model", "min_watts_per_cpu": 10.0, "max_watts_per_cpu": 10.0},
            "collectors": {"gpu": False, "intensity": False},
            "process": {"scan_interval": "10s", "spool_dir": str(tmp_path / "spool")}}
     exp = start_exporter(tmp_path, cfg)
@@ -30,7 +30,7 @@ def test_a_12s_burner_reads_within_5_percent_of_the_local_meter_at_10s(tmp_path)
         burner = subprocess.Popen([sys.executable, "-c", BURN], env=dict(os.environ, CARBONWATCH_RUN_ID="burn-12"))
         local_cfg = ExporterConfig()
         local_cfg.cpu.source = "model"
-        local_cfg.cpu.tdp_watts = 100
+        local_cfg.cpu.min_watts_per_cpu = local_cfg.cpu.max_watts_per_cpu = 10.0
         local_cfg.collectors["gpu"] = False
         meter = LocalMeter("burn-12", burner.pid, interval=1.0, config=local_cfg).start()
         time.sleep(10.0)
@@ -46,6 +46,9 @@ def test_a_12s_burner_reads_within_5_percent_of_the_local_meter_at_10s(tmp_path)
     finally:
         exp.stop()
     assert local > 0
+    # A constant power per CPU (as in the README-snippet test): with the load-dependent TDP curve, other
+    # processes' bursts land differently on the two samplers' unaligned 1 Hz grids and move the run's figures
+    # apart by 5-10 % on a busy machine, which is the model's doing, not discovery's.
     # Both sample at 1 Hz on their own clocks, up to one interval (~10 % of 10 s) apart at the moment of
     # reading: compare at the same instant, the burner's steady rate scaling one figure to the other's time.
     node_then = node * (local_at - t0) / (node_at - t0)
