@@ -20,7 +20,8 @@ BURN = "import time\nt = time.time()\nwhile time.time() - t < 12: pass\n"
 
 @pytest.mark.slow
 def test_a_12s_burner_reads_within_5_percent_of_the_local_meter_at_10s(tmp_path):
-    cfg = {"zone": "DE", "sample_interval": "1s", "cpu": {"source": "model", "min_watts_per_cpu": 10.0, "max_watts_per_cpu": 10.0},
+    cpu = {"source": "model", "min_watts_per_cpu": 10.0, "max_watts_per_cpu": 10.0}
+    cfg = {"zone": "DE", "sample_interval": "1s", "cpu": cpu,
            "collectors": {"gpu": False, "intensity": False},
            "process": {"scan_interval": "10s", "spool_dir": str(tmp_path / "spool")}}
     exp = start_exporter(tmp_path, cfg)
