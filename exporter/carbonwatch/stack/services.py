@@ -21,13 +21,16 @@ import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from carbonwatch import yamlfile
 from carbonwatch.durations import format_duration
 from carbonwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from carbonwatch.stack.config import SecureFiles
 
 DEFAULT_PORTS: dict[str, int] = {
     "prometheus": 9090,
@@ -93,7 +96,7 @@ class StackState:
     secure_dir: str = ""  # --secure: the TLS and basic-auth files
     settings_file: str = ""  # the stack settings file this stack wrote ("" if none)
 
-    def secure_files(self) -> Any:
+    def secure_files(self) -> SecureFiles | None:
         if not self.secure_dir:
             return None
         from carbonwatch.stack.config import SecureFiles
@@ -185,7 +188,7 @@ def render_alertmanager_config(
 
 
 def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int],
-                  secure: Any = None, with_ledger: bool = False) -> dict[str, Path]:  # fmt: skip
+                  secure: SecureFiles | None = None, with_ledger: bool = False) -> dict[str, Path]:  # fmt: skip
     """Render every config the binaries read into `state`/config (Prometheus scrapes the ledger when
     `with_ledger`); returns their paths by service."""
     try:
@@ -303,7 +306,7 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
 
 
 def command(name: str, args: argparse.Namespace, state: Path, ports: dict[str, int], configs: dict[str, Path],
-            secure: Any) -> list[str]:  # fmt: skip
+            secure: SecureFiles | None) -> list[str]:  # fmt: skip
     """The command line of one service."""
     data = state / "data"
     listen = f"{HOST}:{ports.get(name, 0)}"
