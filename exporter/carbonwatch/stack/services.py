@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -166,15 +166,24 @@ def render_alertmanager_config(
     doc = yamlfile.load(source, "alertmanager config")
     if "route" not in doc:
         raise ConfigError(f"alertmanager config: {source} has no top-level `route`")
+    route, templates = doc["route"], doc.get("templates") or []
+    if not isinstance(route, dict):
+        raise ConfigError(f"alertmanager config: {source}: `route` must be a mapping, not {route!r}"[:300])
+    if not isinstance(templates, list):
+        raise ConfigError(f"alertmanager config: {source}: `templates` must be a list, not {templates!r}"[:300])
     base = source.resolve().parent
-    doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in doc.get("templates") or []]
+    doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in templates]
     if webhook_url:
-        receivers = doc.get("receivers") or [{"name": doc["route"].get("receiver", "default")}]
+        receivers = doc.get("receivers") or [{"name": route.get("receiver", "default")}]
+        if not isinstance(receivers, list):
+            raise ConfigError(f"alertmanager config: {source}: `receivers` must be a list, not {receivers!r}"[:300])
         doc["receivers"] = [
             {"name": r["name"], "webhook_configs": [{"url": webhook_url, "send_resolved": True}]} for r in receivers
         ]
 
-    def walk(route: dict[str, Any]) -> None:
+    def walk(route: object) -> None:
+        if not isinstance(route, dict):
+            raise ConfigError(f"alertmanager config: {source}: a route must be a mapping, not {route!r}"[:300])
         if group_wait:
             route["group_wait"] = group_wait
         if group_interval:
