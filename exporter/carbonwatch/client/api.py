@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.ending import end_figures
@@ -45,6 +45,10 @@ from carbonwatch.client.settings import RunSettings, resolve
 from carbonwatch.client.summary import NODE_EXPORTER, budget_exceeded_message, build_record, format_summary
 from carbonwatch.client.training_calls import TrainingCalls
 from carbonwatch.contracts import JOULES_PER_KWH
+from carbonwatch.node.model import RunState
+
+if TYPE_CHECKING:
+    from carbonwatch.client.local_meter import LocalMeter
 
 __all__ = ["Run", "new_run_id", "query_prometheus_emissions", "query_prometheus_energy", "run", "track",
            "wait_below"]
@@ -90,7 +94,7 @@ class Run(TrainingCalls):
         settings: RunSettings | None = None,
         wrapper: bool = False,
         resume: bool = False,
-        **overrides: Any,
+        **overrides: object,
     ) -> None:
         mode = on_budget if isinstance(on_budget, str) else None
         s = settings or resolve(
@@ -153,11 +157,11 @@ class Run(TrainingCalls):
         self._budget_thread: threading.Thread | None = None
         self._registration: Path | None = None
         self._old_env: str | None = None
-        self._old_sigterm: Any = None
+        self._old_sigterm: signal.Handlers | None = None  # SIG_DFL while our SIGTERM handler is installed
         self._metric_names: set[str] = set()
 
     @property
-    def meter(self) -> Any:
+    def meter(self) -> LocalMeter | None:
         """The local meter, when one runs (local mode, or since the node exporter stopped)."""
         return self.measured.meter
 
@@ -250,7 +254,8 @@ class Run(TrainingCalls):
             self._stop_status = "stopped"
             raise SystemExit(128 + signum)
 
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, on_term)
+        self._old_sigterm = signal.SIG_DFL  # the only handler replaced (checked above)
 
     def _restore(self) -> None:
         atexit.unregister(self._atexit)
@@ -360,7 +365,7 @@ class Run(TrainingCalls):
             )
         return pushed
 
-    def _record(self, status: str, end: float, totals: Any, pushed: bool | None) -> dict[str, Any]:
+    def _record(self, status: str, end: float, totals: RunState | None, pushed: bool | None) -> dict[str, Any]:
         s = self.settings
         figures = end_figures(s, self.run_id, self.measurement, end, totals, self.measured.fallback_time)
         grams_per_kwh, source = self.measured.grid_intensity()
