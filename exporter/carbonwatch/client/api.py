@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.ending import end_figures
@@ -40,6 +40,7 @@ from carbonwatch.client.intensity_wait import wait_below
 from carbonwatch.client.measurement import Measurement
 from carbonwatch.client.node import exporter_alive
 from carbonwatch.client.pusher import BOTH, OWNER, PROGRESS, ProgressState, Pusher, RunProgress
+from carbonwatch.client.run_options import RunOptions
 from carbonwatch.client.run_setup import RunSetup, configure, new_run_id, runs_file_path
 from carbonwatch.client.settings import RunSettings, resolve
 from carbonwatch.client.summary import NODE_EXPORTER, budget_exceeded_message, build_record, format_summary
@@ -445,12 +446,12 @@ class Run(TrainingCalls):
         except Exception as exc:
             log.warning("carbonwatch: the on_budget callback failed: %s", exc)
 
-def run(**kwargs: Any) -> Run:
+def run(**kwargs: Unpack[RunOptions]) -> Run:
     """A new run (not started until `with` or .start()). Keyword arguments as Run."""
     return Run(**kwargs)
 
 
-def track(fn: F | None = None, /, **kwargs: Any) -> Any:
+def track(fn: F | None = None, /, **kwargs: Unpack[RunOptions]) -> Any:
     """Decorator: `@carbonwatch.track` or `@carbonwatch.track(user=..., model=...)`. The function may take a
     keyword argument `carbonwatch_run` to receive the Run."""
 
