@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from carbonwatch.contracts import JOULES_PER_KWH
@@ -54,7 +55,7 @@ def budget_exceeded_message(run_id: str, grams: float, budget_grams: float) -> s
     )
 
 
-def intensity_for(zone: str, intensity_cfg: dict[str, Any] | None) -> tuple[float, str]:
+def intensity_for(zone: str, intensity_cfg: Mapping[str, object] | None) -> tuple[float, str]:
     """(g/kWh, source) for `zone` from the shared intensity providers; the world average if that fails."""
     try:
         from carbonwatch.intensity.providers import provider_from_config
