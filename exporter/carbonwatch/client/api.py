@@ -149,7 +149,7 @@ class Run(TrainingCalls):
         self.on_budget_note = ""  # what happens on top of the warning, said in it (set by `carbonwatch run`)
         self.swept: reaper.SweepResult | None = None  # the finish's clean-up of expired gateway groups
         self.over_budget = False  # True once the budget is exceeded; a loop may poll it to stop cleanly
-        self.record: dict[str, Any] | None = None
+        self.record: dict[str, object] | None = None  # the run's record, as written to the runs file
         self.exit_code: int | None = None
         self._started = False
         self._finished = False
@@ -303,7 +303,7 @@ class Run(TrainingCalls):
         if not self._finished:
             self.finish("succeeded" if self.exit_code in (None, 0) else "failed")
 
-    def finish(self, status: str = "succeeded", exit_code: int | None = None) -> dict[str, Any] | None:
+    def finish(self, status: str = "succeeded", exit_code: int | None = None) -> dict[str, object] | None:
         """End the run: final push (end time, status), group deletion after the retention, runs-file line,
         summary. Idempotent; returns the run's record."""
         with self._lock:
@@ -320,7 +320,7 @@ class Run(TrainingCalls):
         finally:
             self._restore()
 
-    def _finish(self, status: str) -> dict[str, Any] | None:
+    def _finish(self, status: str) -> dict[str, object] | None:
         s = self.settings
         end = time.time()
         self._end_registration()  # the node exporter's count ends here, where the local meter's would
@@ -366,7 +366,7 @@ class Run(TrainingCalls):
             )
         return pushed
 
-    def _record(self, status: str, end: float, totals: RunState | None, pushed: bool | None) -> dict[str, Any]:
+    def _record(self, status: str, end: float, totals: RunState | None, pushed: bool | None) -> dict[str, object]:
         s = self.settings
         figures = end_figures(s, self.run_id, self.measurement, end, totals, self.measured.fallback_time)
         grams_per_kwh, source = self.measured.grid_intensity()

@@ -84,8 +84,8 @@ def build_record(
     budget_grams: float | None = None,
     measurement: str = LOCAL_METER,
     emissions_grams: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    extra: Mapping[str, object] | None = None,
+) -> dict[str, object]:
     """The run's record. Emissions are the energy at `grams_per_kwh`, unless `emissions_grams` is given (the
     figure Prometheus recorded at each interval's intensity). With nothing measured and no figure given,
     energy and emissions are None: unknown, never 0."""
@@ -94,7 +94,7 @@ def build_record(
     kwh = total_j / JOULES_PER_KWH if known else None
     if emissions_grams is None and kwh is not None:
         emissions_grams = kwh * grams_per_kwh
-    rec: dict[str, Any] = dict(labels)
+    rec: dict[str, object] = dict(labels)
     rec.update(
         status=status,
         exit_code=exit_code,
