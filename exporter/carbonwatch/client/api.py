@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, Unpack, overload
 
 from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.ending import end_figures
@@ -58,7 +58,8 @@ log = logging.getLogger("carbonwatch.client")
 OWNER_ONLY = frozenset({OWNER})
 PROGRESS_ONLY = frozenset({PROGRESS})
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 # on_budget: "warn" (default: log once), "stop" (KeyboardInterrupt in the main thread, as Ctrl-C would),
 # or a callable(run, grams) run on the budget thread.
 BudgetHandler = Callable[["Run", float], None]
@@ -451,13 +452,23 @@ def run(**kwargs: Unpack[RunOptions]) -> Run:
     return Run(**kwargs)
 
 
-def track(fn: F | None = None, /, **kwargs: Unpack[RunOptions]) -> Any:
+@overload
+def track(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def track(fn: None = None, /, **kwargs: Unpack[RunOptions]) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def track(
+    fn: Callable[P, R] | None = None, /, **kwargs: Unpack[RunOptions]
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: `@carbonwatch.track` or `@carbonwatch.track(user=..., model=...)`. The function may take a
     keyword argument `carbonwatch_run` to receive the Run."""
 
-    def deco(f: F) -> F:
+    def deco(f: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(f)
-        def wrapper(*a: Any, **kw: Any) -> Any:
+        def wrapper(*a: P.args, **kw: P.kwargs) -> R:
             with Run(**kwargs) as r:
                 import inspect
 
@@ -465,7 +476,7 @@ def track(fn: F | None = None, /, **kwargs: Unpack[RunOptions]) -> Any:
                     kw["carbonwatch_run"] = r
                 return f(*a, **kw)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     if fn is not None:
         return deco(fn)
