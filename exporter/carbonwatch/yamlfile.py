@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Literal, overload
 
 import yaml
 
 from carbonwatch.errors import ConfigError
 
 
-def load(path: str | os.PathLike[str], what: str, mapping: bool = True) -> Any:
-    """The document in `path`; with `mapping` (default) it must be a mapping (an empty file gives {})."""
+@overload
+def load(path: str | os.PathLike[str], what: str, mapping: Literal[True] = True) -> dict[str, object]: ...
+
+
+@overload
+def load(path: str | os.PathLike[str], what: str, mapping: bool) -> object: ...
+
+
+def load(path: str | os.PathLike[str], what: str, mapping: bool = True) -> object:
+    """The document in `path`; with `mapping` (default) it must be a mapping (an empty file gives {}), else
+    whatever YAML it holds, for the caller to narrow."""
     p = str(path)
     try:
         text = Path(p).read_text(encoding="utf-8")

@@ -6,9 +6,10 @@ import importlib
 import logging
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Unpack
 
 from carbonwatch.client.api import Run
+from carbonwatch.client.run_options import RunOptions
 
 log = logging.getLogger("carbonwatch.client")
 
@@ -30,7 +31,7 @@ class RunHolder:
     """With `run=`, reports into that run and leaves ending it to its owner; else creates a Run from
     `run_kwargs` when training starts and finishes it when training ends."""
 
-    def __init__(self, run: Run | None = None, **run_kwargs: Any) -> None:
+    def __init__(self, run: Run | None = None, **run_kwargs: Unpack[RunOptions]) -> None:
         self._given = run
         self._kwargs = run_kwargs
         self.run: Run | None = run
@@ -41,7 +42,8 @@ class RunHolder:
         if self.run is None or (self._given is None and self.run._finished):
             # training started again with the same callback (a second fit): the next segment of its run
             again = self.run is not None and self.run._finished
-            self.run = Run(**(dict(self._kwargs, resume=True) if again else self._kwargs))
+            options: RunOptions = {**self._kwargs, "resume": True} if again else self._kwargs
+            self.run = Run(**options)
         if self._given is None:
             self.run.start()
 
@@ -55,7 +57,7 @@ class HeldRun:
     when training starts), epochs numbered from 0, and logged metrics. A callback class lists it before the
     framework's base class."""
 
-    def __init__(self, run: Run | None = None, **run_kwargs: Any) -> None:
+    def __init__(self, run: Run | None = None, **run_kwargs: Unpack[RunOptions]) -> None:
         super().__init__()
         self.holder = RunHolder(run, **run_kwargs)
 

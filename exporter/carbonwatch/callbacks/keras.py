@@ -6,17 +6,18 @@ reported through the epoch). carbonwatch imports without keras.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from carbonwatch.callbacks._common import HeldRun, optional_base, scalar_metrics
 from carbonwatch.client.api import Run
+from carbonwatch.client.run_options import RunOptions
 
 _Base: type = optional_base(("keras.callbacks", "Callback"))
 Logs = dict[str, object] | None
 
 
 class CarbonwatchCallback(HeldRun, _Base):  # type: ignore[misc]
-    def __init__(self, run: Run | None = None, batch_size: int | None = None, **run_kwargs: Any) -> None:
+    def __init__(self, run: Run | None = None, batch_size: int | None = None, **run_kwargs: Unpack[RunOptions]) -> None:
         super().__init__(run, **run_kwargs)
         self.batch_size = batch_size
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, Unpack, overload
 
 from carbonwatch.client import reaper, runsfile
 from carbonwatch.client.ending import end_figures
@@ -40,11 +40,16 @@ from carbonwatch.client.intensity_wait import wait_below
 from carbonwatch.client.measurement import Measurement
 from carbonwatch.client.node import exporter_alive
 from carbonwatch.client.pusher import BOTH, OWNER, PROGRESS, ProgressState, Pusher, RunProgress
+from carbonwatch.client.run_options import RunOptions
 from carbonwatch.client.run_setup import RunSetup, configure, new_run_id, runs_file_path
 from carbonwatch.client.settings import RunSettings, resolve
 from carbonwatch.client.summary import NODE_EXPORTER, budget_exceeded_message, build_record, format_summary
 from carbonwatch.client.training_calls import TrainingCalls
 from carbonwatch.contracts import JOULES_PER_KWH
+from carbonwatch.node.model import RunState
+
+if TYPE_CHECKING:
+    from carbonwatch.client.local_meter import LocalMeter
 
 __all__ = ["Run", "new_run_id", "query_prometheus_emissions", "query_prometheus_energy", "run", "track",
            "wait_below"]
@@ -53,7 +58,8 @@ log = logging.getLogger("carbonwatch.client")
 OWNER_ONLY = frozenset({OWNER})
 PROGRESS_ONLY = frozenset({PROGRESS})
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 # on_budget: "warn" (default: log once), "stop" (KeyboardInterrupt in the main thread, as Ctrl-C would),
 # or a callable(run, grams) run on the budget thread.
 BudgetHandler = Callable[["Run", float], None]
@@ -90,7 +96,7 @@ class Run(TrainingCalls):
         settings: RunSettings | None = None,
         wrapper: bool = False,
         resume: bool = False,
-        **overrides: Any,
+        **overrides: object,
     ) -> None:
         mode = on_budget if isinstance(on_budget, str) else None
         s = settings or resolve(
@@ -144,7 +150,7 @@ class Run(TrainingCalls):
         self.on_budget_note = ""  # what happens on top of the warning, said in it (set by `carbonwatch run`)
         self.swept: reaper.SweepResult | None = None  # the finish's clean-up of expired gateway groups
         self.over_budget = False  # True once the budget is exceeded; a loop may poll it to stop cleanly
-        self.record: dict[str, Any] | None = None
+        self.record: dict[str, object] | None = None  # the run's record, as written to the runs file
         self.exit_code: int | None = None
         self._started = False
         self._finished = False
@@ -153,11 +159,11 @@ class Run(TrainingCalls):
         self._budget_thread: threading.Thread | None = None
         self._registration: Path | None = None
         self._old_env: str | None = None
-        self._old_sigterm: Any = None
+        self._old_sigterm: signal.Handlers | None = None  # SIG_DFL while our SIGTERM handler is installed
         self._metric_names: set[str] = set()
 
     @property
-    def meter(self) -> Any:
+    def meter(self) -> LocalMeter | None:
         """The local meter, when one runs (local mode, or since the node exporter stopped)."""
         return self.measured.meter
 
@@ -250,7 +256,8 @@ class Run(TrainingCalls):
             self._stop_status = "stopped"
             raise SystemExit(128 + signum)
 
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, on_term)
+        self._old_sigterm = signal.SIG_DFL  # the only handler replaced (checked above)
 
     def _restore(self) -> None:
         atexit.unregister(self._atexit)
@@ -297,7 +304,7 @@ class Run(TrainingCalls):
         if not self._finished:
             self.finish("succeeded" if self.exit_code in (None, 0) else "failed")
 
-    def finish(self, status: str = "succeeded", exit_code: int | None = None) -> dict[str, Any] | None:
+    def finish(self, status: str = "succeeded", exit_code: int | None = None) -> dict[str, object] | None:
         """End the run: final push (end time, status), group deletion after the retention, runs-file line,
         summary. Idempotent; returns the run's record."""
         with self._lock:
@@ -314,7 +321,7 @@ class Run(TrainingCalls):
         finally:
             self._restore()
 
-    def _finish(self, status: str) -> dict[str, Any] | None:
+    def _finish(self, status: str) -> dict[str, object] | None:
         s = self.settings
         end = time.time()
         self._end_registration()  # the node exporter's count ends here, where the local meter's would
@@ -360,7 +367,7 @@ class Run(TrainingCalls):
             )
         return pushed
 
-    def _record(self, status: str, end: float, totals: Any, pushed: bool | None) -> dict[str, Any]:
+    def _record(self, status: str, end: float, totals: RunState | None, pushed: bool | None) -> dict[str, object]:
         s = self.settings
         figures = end_figures(s, self.run_id, self.measurement, end, totals, self.measured.fallback_time)
         grams_per_kwh, source = self.measured.grid_intensity()
@@ -440,18 +447,28 @@ class Run(TrainingCalls):
         except Exception as exc:
             log.warning("carbonwatch: the on_budget callback failed: %s", exc)
 
-def run(**kwargs: Any) -> Run:
+def run(**kwargs: Unpack[RunOptions]) -> Run:
     """A new run (not started until `with` or .start()). Keyword arguments as Run."""
     return Run(**kwargs)
 
 
-def track(fn: F | None = None, /, **kwargs: Any) -> Any:
+@overload
+def track(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def track(fn: None = None, /, **kwargs: Unpack[RunOptions]) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def track(
+    fn: Callable[P, R] | None = None, /, **kwargs: Unpack[RunOptions]
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: `@carbonwatch.track` or `@carbonwatch.track(user=..., model=...)`. The function may take a
     keyword argument `carbonwatch_run` to receive the Run."""
 
-    def deco(f: F) -> F:
+    def deco(f: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(f)
-        def wrapper(*a: Any, **kw: Any) -> Any:
+        def wrapper(*a: P.args, **kw: P.kwargs) -> R:
             with Run(**kwargs) as r:
                 import inspect
 
@@ -459,7 +476,7 @@ def track(fn: F | None = None, /, **kwargs: Any) -> Any:
                     kw["carbonwatch_run"] = r
                 return f(*a, **kw)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     if fn is not None:
         return deco(fn)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from carbonwatch.client.api import Run, new_run_id, wait_below
 from carbonwatch.client.node import exporter_alive
@@ -131,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
         if child is not None:
             _killpg(child.pid, signum)
 
-    old: dict[int, Any] = {}
+    old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     for fsig in FORWARDED:
         old[fsig] = signal.signal(fsig, forward)
     try:

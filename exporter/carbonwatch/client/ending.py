@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from carbonwatch.client.final_figures import node_figures, query_prometheus_emissions, query_prometheus_energy
 from carbonwatch.client.settings import RunSettings
@@ -25,7 +24,7 @@ class Figures:
     sources: dict[str, str] = field(default_factory=dict)
     emissions_grams: float | None = None  # None: from the energy at the zone's intensity (or unknown)
     prometheus_grams: float | None = None  # Prometheus' recorded total (all nodes)
-    extra: dict[str, Any] = field(default_factory=dict)  # where they came from, for the record and summary
+    extra: dict[str, object] = field(default_factory=dict)  # where they came from, for the record and summary
 
 
 def local_figures(totals: RunState | None) -> Figures:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from carbonwatch.intensity.providers import check_zone
 
@@ -15,7 +14,7 @@ def wait_below(
     zone: str | None = None,
     max_wait: float = 6 * 3600.0,
     poll: float = 300.0,
-    intensity_cfg: dict[str, Any] | None = None,
+    intensity_cfg: Mapping[str, object] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     announce: Callable[[str], None] | None = None,
 ) -> tuple[bool, float, str]:

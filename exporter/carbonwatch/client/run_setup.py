@@ -55,7 +55,7 @@ class RunSetup:
     segment: Segment
 
 
-def check_budget(budget_grams: Any) -> float | None:
+def check_budget(budget_grams: object) -> float | None:
     if budget_grams is None:
         return None
     if (isinstance(budget_grams, bool) or not isinstance(budget_grams, (int, float))
@@ -64,7 +64,7 @@ def check_budget(budget_grams: Any) -> float | None:
     return float(budget_grams)
 
 
-def check_epochs(total_epochs: Any, first_epoch: Any) -> None:
+def check_epochs(total_epochs: object, first_epoch: object) -> None:
     if total_epochs is not None and (not isinstance(total_epochs, int) or total_epochs <= 0):
         raise ConfigError(f"total_epochs: expected a whole number > 0, got {total_epochs!r}")
     if first_epoch not in (None, 0, 1) or isinstance(first_epoch, bool):
@@ -81,8 +81,8 @@ def choose_run_id(run_id: str | None, wrapper: bool) -> tuple[str, bool]:
     return validate_run_id(run_id or env_id or new_run_id()), wrapped
 
 
-def configure(settings: RunSettings, *, run_id: str | None, model: str, budget_grams: Any, total_epochs: Any,
-              first_epoch: Any, wrapper: bool, resume: bool) -> RunSetup:
+def configure(settings: RunSettings, *, run_id: str | None, model: str, budget_grams: float | None,
+              total_epochs: int | None, first_epoch: int | None, wrapper: bool, resume: bool) -> RunSetup:
     """The run's identity and limits, validated; refuses a finished run id unless `resume`."""
     s = settings
     rid, wrapped = choose_run_id(run_id, wrapper)

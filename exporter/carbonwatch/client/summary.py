@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from carbonwatch.contracts import JOULES_PER_KWH
@@ -54,7 +55,7 @@ def budget_exceeded_message(run_id: str, grams: float, budget_grams: float) -> s
     )
 
 
-def intensity_for(zone: str, intensity_cfg: dict[str, Any] | None) -> tuple[float, str]:
+def intensity_for(zone: str, intensity_cfg: Mapping[str, object] | None) -> tuple[float, str]:
     """(g/kWh, source) for `zone` from the shared intensity providers; the world average if that fails."""
     try:
         from carbonwatch.intensity.providers import provider_from_config
@@ -83,8 +84,8 @@ def build_record(
     budget_grams: float | None = None,
     measurement: str = LOCAL_METER,
     emissions_grams: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    extra: Mapping[str, object] | None = None,
+) -> dict[str, object]:
     """The run's record. Emissions are the energy at `grams_per_kwh`, unless `emissions_grams` is given (the
     figure Prometheus recorded at each interval's intensity). With nothing measured and no figure given,
     energy and emissions are None: unknown, never 0."""
@@ -93,7 +94,7 @@ def build_record(
     kwh = total_j / JOULES_PER_KWH if known else None
     if emissions_grams is None and kwh is not None:
         emissions_grams = kwh * grams_per_kwh
-    rec: dict[str, Any] = dict(labels)
+    rec: dict[str, object] = dict(labels)
     rec.update(
         status=status,
         exit_code=exit_code,

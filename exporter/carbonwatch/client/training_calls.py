@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from carbonwatch.client.labels import validate_metric_name
-from carbonwatch.client.pusher import RunProgress
+from carbonwatch.client.pusher import ProgressState, RunProgress
 from carbonwatch.errors import ConfigError
 
 log = logging.getLogger("carbonwatch.client")
@@ -45,7 +44,7 @@ class TrainingCalls:
                 start = self.progress_state.snapshot().start_time
                 expected = start + (time.time() - start) / (count - 1) * self.total_epochs
 
-            def upd(st: Any) -> None:
+            def upd(st: ProgressState) -> None:
                 st.epoch = count
                 if expected is not None:
                     st.expected_end_time = expected
@@ -54,12 +53,12 @@ class TrainingCalls:
         except Exception as exc:
             log.debug("carbonwatch: epoch(%r) ignored: %s", epoch, exc)
 
-    def progress(self, samples: float = 0, **metrics: Any) -> None:
+    def progress(self, samples: float = 0, **metrics: object) -> None:
         """Add `samples` processed and set training metrics (loss=..., accuracy=...). Tensors are read on the
         push thread, so a GPU tensor does not force a sync here."""
         try:
             n = float(samples) if samples else 0.0
-            clean: dict[str, Any] = {}
+            clean: dict[str, object] = {}
             for name, value in metrics.items():
                 if name not in self._metric_names:
                     try:
@@ -70,7 +69,7 @@ class TrainingCalls:
                     self._metric_names.add(name)
                 clean[name] = value.detach() if hasattr(value, "detach") else value
 
-            def upd(st: Any) -> None:
+            def upd(st: ProgressState) -> None:
                 st.samples += n
                 st.metrics.update(clean)
 
@@ -78,7 +77,7 @@ class TrainingCalls:
         except Exception as exc:
             log.debug("carbonwatch: progress() ignored: %s", exc)
 
-    def log(self, **metrics: Any) -> None:
+    def log(self, **metrics: object) -> None:
         """Set training metrics without counting samples."""
         self.progress(0, **metrics)
 

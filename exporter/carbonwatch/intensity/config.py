@@ -53,7 +53,7 @@ WHOLE_CONFIG_KEYS = frozenset(
 def intensity_section(cfg: Mapping[str, object] | None) -> dict[str, object]:
     """The validated `intensity` section of `cfg`. `cfg` is the section itself, or a whole config: with an
     `intensity` key that section is used (its `zone` defaulting to the config's top-level `zone`); a whole
-    config without one (it has other top-level keys) gives only its `zone`. Any other mapping is a section,
+    config without one (it has other top-level keys) gives only its `zone`. Every other mapping is a section,
     and every key of it is checked: a mistyped key is an error naming it, never a silent default."""
     if cfg is None:
         return {}

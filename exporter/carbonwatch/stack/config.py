@@ -17,13 +17,18 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from carbonwatch import yamlfile
 from carbonwatch.durations import format_duration, parse_duration
 from carbonwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
 
 RULE_SOURCES = ("prometheus/rules/*.yml", "alerting/alerts.yml", "alerting/budgets.rules.yml")
 
@@ -41,15 +46,16 @@ def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_presenter)
 
 
-def _dump(data: Any) -> str:
+def _dump(data: object) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> object:
     return yamlfile.load(path, str(path), mapping=False)
 
 
-def _expect(value: Any, kind: type, where: str, what: str) -> Any:
+def _expect(value: object, kind: type, where: str, what: str) -> Any:
+    """`value` (parsed YAML) checked to be a `kind`: the one place it becomes untyped again, for its callers."""
     if not isinstance(value, kind) or isinstance(value, bool):
         names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
         raise ConfigError(f"{where}: {what}: expected {names.get(kind, kind.__name__)}, got {value!r}"[:300])
@@ -100,7 +106,7 @@ def render_prometheus_config(
     scrape_interval: str,
     evaluation_interval: str,
     rule_dir: Path,
-    job_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    job_settings: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
     """prometheus/prometheus.yml with `targets` per scrape job: jobs of the file keep their settings
     (honor_labels for the Pushgateway), jobs `targets` does not name are left out (their compose hostnames
@@ -247,18 +253,30 @@ class SecureFiles:
         return self.password_file.read_text().strip()
 
 
-def _key() -> Any:
+def _key() -> ec.EllipticCurvePrivateKey:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_key(path: Path, key: Any, mode: int) -> None:
+def _write_key(path: Path, key: PrivateKeyTypes, mode: int) -> None:
     from cryptography.hazmat.primitives import serialization
 
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())  # fmt: skip
     _write(path, data, mode)
+
+
+def _load_ca_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
+    """The CA's private key in `path` (PEM, unencrypted), of a kind that can sign certificates."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
+                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):  # fmt: skip
+        raise ConfigError(f"{path}: a {type(key).__name__} cannot sign certificates (use an EC, RSA, DSA or EdDSA key)")
+    return key
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -271,9 +289,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def issue_certificate(
-    ca_cert: Any, ca_key: Any, key: Any, common_name: str, hosts: Sequence[str] = (), *, server: bool = True,
-    days: int = 825,
-) -> Any:
+    ca_cert: x509.Certificate, ca_key: CertificateIssuerPrivateKeyTypes, key: ec.EllipticCurvePrivateKey,
+    common_name: str, hosts: Sequence[str] = (), *, server: bool = True, days: int = 825,
+) -> x509.Certificate:
     """A leaf certificate for `key` signed by the CA: SANs from `hosts` (IPs and DNS names), for TLS servers
     (`server`) or clients."""
     from cryptography import x509
@@ -304,7 +322,9 @@ def issue_certificate(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def new_ca(common_name: str = "carbonwatch stack CA", days: int = 3650) -> tuple[Any, Any]:
+def new_ca(
+    common_name: str = "carbonwatch stack CA", days: int = 3650
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """(certificate, key) of a new self-signed CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -348,6 +368,7 @@ def write_secure_files(dest: Path, hosts: Sequence[str] = DEFAULT_HOSTS, *, shar
     os.chmod(dest, 0o755 if shared else 0o700)
     files = SecureFiles(dest, username)
     secret_mode = 0o644 if shared else 0o600
+    ca_key: CertificateIssuerPrivateKeyTypes
     if not (files.ca_cert.is_file() and files.ca_key.is_file()):
         ca_cert, ca_key = new_ca()
         _write_key(files.ca_key, ca_key, 0o600)
@@ -356,7 +377,7 @@ def write_secure_files(dest: Path, hosts: Sequence[str] = DEFAULT_HOSTS, *, shar
             stale.unlink(missing_ok=True)
     else:
         ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+        ca_key = _load_ca_key(files.ca_key)
     for cert_path, key_path, name, leaf_hosts, server in (
         (files.server_cert, files.server_key, "carbonwatch stack", list(hosts), True),
         (files.client_cert, files.client_key, "prometheus", ["prometheus"], False),
@@ -384,7 +405,7 @@ def write_secure_files(dest: Path, hosts: Sequence[str] = DEFAULT_HOSTS, *, shar
     return files
 
 
-def secure_scrape_settings(files: SecureFiles, base: str | None = None) -> dict[str, dict[str, Any]]:
+def secure_scrape_settings(files: SecureFiles, base: str | None = None) -> dict[str, dict[str, object]]:
     """Scrape settings of the `carbonwatch` and `pushgateway` jobs for a secure stack (for
     render_prometheus_config's `job_settings`); file paths under `base` (a container path) if given."""
 

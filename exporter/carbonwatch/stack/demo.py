@@ -24,7 +24,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -125,7 +124,7 @@ def wait_for(prom: Prometheus, expr: str, timeout: float) -> bool:
 ALERT = "CarbonwatchRunBudgetExceeded"
 
 
-def alertmanager_alerts(url: str, run_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+def alertmanager_alerts(url: str, run_id: str, timeout: float = 5.0) -> list[dict[str, object]]:
     """The active budget alerts for `run_id` that Alertmanager holds (its v2 API)."""
     params = [("filter", f'alertname="{ALERT}"'), ("filter", f'run_id="{run_id}"'), ("active", "true")]
     r = requests.get(f"{url}/api/v2/alerts", params=params, timeout=timeout)
@@ -134,7 +133,7 @@ def alertmanager_alerts(url: str, run_id: str, timeout: float = 5.0) -> list[dic
     return [a for a in body if isinstance(a, dict)] if isinstance(body, list) else []
 
 
-def wait_for_alert(url: str, run_id: str, timeout: float) -> list[dict[str, Any]]:
+def wait_for_alert(url: str, run_id: str, timeout: float) -> list[dict[str, object]]:
     """The run's budget alerts once they reached Alertmanager; [] after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -176,14 +175,15 @@ def url_lines(st: stack.StackState, run_id: str) -> list[str]:
     return out
 
 
-def alert_line(alerts: list[dict[str, Any]], am_url: str | None, prom_url: str, timeout: float) -> str:
+def alert_line(alerts: list[dict[str, object]], am_url: str | None, prom_url: str, timeout: float) -> str:
     if am_url is None:
         return "Budget alert: the running stack has no Alertmanager"
     if not alerts:
         return (f"Budget alert: {ALERT} did not reach Alertmanager within {timeout:.0f}s "
                 f"(see {prom_url}/alerts and {am_url}/#/alerts)")
     a = alerts[0]
-    sev = a.get("labels", {}).get("severity", "?")
+    labels = a.get("labels")
+    sev = labels.get("severity", "?") if isinstance(labels, dict) else "?"
     since = str(a.get("startsAt", ""))[:19].replace("T", " ")
     return f"Budget alert: {ALERT} ({sev}) reached Alertmanager at {since} UTC: {am_url}/#/alerts"
 

@@ -25,8 +25,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from carbonwatch.client import settings as client_settings
 from carbonwatch.durations import parse_duration
@@ -233,8 +234,19 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_rows(st: StackState) -> list[dict[str, Any]]:
-    rows = []
+class ServiceRow(TypedDict):
+    """One service in `stack status` (and its --json output)."""
+
+    service: str
+    pid: int
+    running: bool
+    ready: bool
+    url: str
+    log: str
+
+
+def status_rows(st: StackState) -> list[ServiceRow]:
+    rows: list[ServiceRow] = []
     secure = st.secure_files()
     for name in ORDER:
         svc = st.services.get(name)
@@ -288,7 +300,7 @@ def default_state_dir() -> str:
     return os.environ.get("CARBONWATCH_STATE_DIR") or str(repo_root_default() / ".state" / "stack")
 
 
-def _duration(what: str) -> Any:
+def _duration(what: str) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
             return parse_duration(value, what)

@@ -8,11 +8,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import requests
 
 from carbonwatch.stack.services import NO_PORT, Service, StackState
+
+if TYPE_CHECKING:
+    from carbonwatch.stack.config import SecureFiles
 
 _CHILDREN: list[subprocess.Popen[bytes]] = []  # kept so that they are not reported as leaked while we wait
 
@@ -37,17 +40,19 @@ def alive(svc: Service) -> bool:
     return state != "Z"
 
 
-def is_ready(svc: Service, timeout: float = 2.0, secure: Any = None) -> bool:
+def is_ready(svc: Service, timeout: float = 2.0, secure: SecureFiles | None = None) -> bool:
     """The service answers its readiness URL (over TLS, with the password and client certificate of a
     --secure stack's `secure` files where it is protected)."""
     if svc.name in NO_PORT:
         return alive(svc)
-    kw: dict[str, Any] = {}
+    verify: bool | str = True
+    auth: tuple[str, str] | None = None
+    cert: tuple[str, str] | None = None
     if svc.scheme == "https" and secure is not None:
-        kw = {"verify": str(secure.ca_cert), "auth": (secure.username, secure.password()),
-              "cert": (str(secure.client_cert), str(secure.client_key))}  # fmt: skip
+        verify, auth = str(secure.ca_cert), (secure.username, secure.password())
+        cert = (str(secure.client_cert), str(secure.client_key))
     try:
-        return requests.get(svc.ready_url, timeout=timeout, **kw).status_code == 200
+        return requests.get(svc.ready_url, timeout=timeout, verify=verify, auth=auth, cert=cert).status_code == 200
     except (requests.RequestException, OSError):
         return False
 
@@ -105,7 +110,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_ready(services: list[Service], timeout: float, secure: Any = None) -> list[str]:
+def wait_ready(services: list[Service], timeout: float, secure: SecureFiles | None = None) -> list[str]:
     """Wait until each service answers its readiness URL; the problems of those that do not."""
     deadline = time.monotonic() + timeout
     pending = list(services)

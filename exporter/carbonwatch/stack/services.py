@@ -21,13 +21,16 @@ import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from carbonwatch import yamlfile
 from carbonwatch.durations import format_duration
 from carbonwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from carbonwatch.stack.config import SecureFiles
 
 DEFAULT_PORTS: dict[str, int] = {
     "prometheus": 9090,
@@ -93,7 +96,7 @@ class StackState:
     secure_dir: str = ""  # --secure: the TLS and basic-auth files
     settings_file: str = ""  # the stack settings file this stack wrote ("" if none)
 
-    def secure_files(self) -> Any:
+    def secure_files(self) -> SecureFiles | None:
         if not self.secure_dir:
             return None
         from carbonwatch.stack.config import SecureFiles
@@ -163,15 +166,24 @@ def render_alertmanager_config(
     doc = yamlfile.load(source, "alertmanager config")
     if "route" not in doc:
         raise ConfigError(f"alertmanager config: {source} has no top-level `route`")
+    route, templates = doc["route"], doc.get("templates") or []
+    if not isinstance(route, dict):
+        raise ConfigError(f"alertmanager config: {source}: `route` must be a mapping, not {route!r}"[:300])
+    if not isinstance(templates, list):
+        raise ConfigError(f"alertmanager config: {source}: `templates` must be a list, not {templates!r}"[:300])
     base = source.resolve().parent
-    doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in doc.get("templates") or []]
+    doc["templates"] = [t if os.path.isabs(t) else str(base / t) for t in templates]
     if webhook_url:
-        receivers = doc.get("receivers") or [{"name": doc["route"].get("receiver", "default")}]
+        receivers = doc.get("receivers") or [{"name": route.get("receiver", "default")}]
+        if not isinstance(receivers, list):
+            raise ConfigError(f"alertmanager config: {source}: `receivers` must be a list, not {receivers!r}"[:300])
         doc["receivers"] = [
             {"name": r["name"], "webhook_configs": [{"url": webhook_url, "send_resolved": True}]} for r in receivers
         ]
 
-    def walk(route: dict[str, Any]) -> None:
+    def walk(route: object) -> None:
+        if not isinstance(route, dict):
+            raise ConfigError(f"alertmanager config: {source}: a route must be a mapping, not {route!r}"[:300])
         if group_wait:
             route["group_wait"] = group_wait
         if group_interval:
@@ -185,7 +197,7 @@ def render_alertmanager_config(
 
 
 def write_configs(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int],
-                  secure: Any = None, with_ledger: bool = False) -> dict[str, Path]:  # fmt: skip
+                  secure: SecureFiles | None = None, with_ledger: bool = False) -> dict[str, Path]:  # fmt: skip
     """Render every config the binaries read into `state`/config (Prometheus scrapes the ledger when
     `with_ledger`); returns their paths by service."""
     try:
@@ -303,7 +315,7 @@ def plan(args: argparse.Namespace, root: Path, state: Path, ports: dict[str, int
 
 
 def command(name: str, args: argparse.Namespace, state: Path, ports: dict[str, int], configs: dict[str, Path],
-            secure: Any) -> list[str]:  # fmt: skip
+            secure: SecureFiles | None) -> list[str]:  # fmt: skip
     """The command line of one service."""
     data = state / "data"
     listen = f"{HOST}:{ports.get(name, 0)}"

@@ -25,7 +25,7 @@ class RegistrationSource(Protocol):
 
 @dataclass
 class Sources:
-    """What the sampler reads. Any may be None (collector disabled or unavailable); `errors` names the
+    """What the sampler reads. Each may be None (collector disabled or unavailable); `errors` names the
     sources that could not even be set up (the sampler reports those collectors as failed)."""
 
     procs: ProcScanner | None = None
