@@ -9,7 +9,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -18,6 +18,7 @@ from carbonwatch.errors import CarbonwatchError, ConfigError
 from carbonwatch.ledger import store
 from carbonwatch.ledger.accumulate import MIN_GAP, accumulate
 from carbonwatch.ledger.source import COUNTERS, Latest, RawSeries, Source
+from carbonwatch.ledger.states import SeriesStates
 from carbonwatch.ledger.store import Batch, Hook, SeriesRow
 
 log = logging.getLogger("carbonwatch.ledger")
@@ -40,7 +41,7 @@ class Health:
 
 
 def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict[str, list[Latest]],
-                states: dict[str, SeriesRow], zones: dict[str, str],
+                states: Mapping[str, SeriesRow], zones: dict[str, str],
                 prices: dict[str, tuple[str, float]], floor: float = MIN_GAP) -> Batch:
     """What the window (start, end] adds, from its raw counter samples and latest metadata (pure). `raw` may
     be a generator: each counter's answer is dropped once accumulated."""
@@ -130,7 +131,7 @@ class Syncer:
         self._progressed = time.monotonic()
         self.stored = store.load_cursor(engine)  # the cursor as the database holds it
         self.health = Health(cursor=self.stored, ready=True)
-        self.states = store.load_states(engine)
+        self.states = SeriesStates(store.load_states(engine))
         self.zones = store.load_zones(engine)
         self.prices = store.load_prices(engine)
         self.rate = 0.0  # raw samples per second of data seen in the last chunk
@@ -160,7 +161,7 @@ class Syncer:
             return False
         except Exception as exc:  # a database error: the transaction rolled back; the states are reloaded
             self._failed(f"{type(exc).__name__}: {exc}")
-            self.states = store.load_states(self.engine)
+            self.states = SeriesStates(store.load_states(self.engine))
             return False
         self.health.duration = time.monotonic() - began
         self.health.last_sync = self.clock()
@@ -202,7 +203,7 @@ class Syncer:
         try:
             store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None), previous=self.stored)
         except BaseException:
-            self.states = store.load_states(self.engine)
+            self.states = SeriesStates(store.load_states(self.engine))
             self.stored = store.load_cursor(self.engine)
             if self.stored is not None:
                 self.health.cursor = self.stored
