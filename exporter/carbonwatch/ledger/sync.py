@@ -55,9 +55,14 @@ def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict
     zone_of = {**zones, **batch.zones}
     price_of = {**prices, **batch.prices}
     batch.prices = price_of  # the cells are priced with every price known
+    _runs_metadata(batch, latest)
+    del latest  # a caller that passed its answer on frees it before the counters are read
     for series in raw:
         _add_series(batch, series, states.get(series.key), zone_of.get(series.instance, ""))
-    _runs_metadata(batch, latest, zone_of, price_of)
+    for (run_id, instance), _ in batch.seen.items():
+        currency = price_of.get(zone_of.get(instance, ""), ("", 0.0))[0]
+        if currency:
+            batch.runs.setdefault(run_id, {})["currency"] = currency
     return batch
 
 
@@ -91,8 +96,7 @@ def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: s
             min(t0, first), max(t1, acc.state.last_time), p if p is not None else prev)
 
 
-def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]], zone_of: dict[str, str],
-                   price_of: dict[str, tuple[str, float]]) -> None:
+def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]]) -> None:
     for row in latest.get("run_info", []):
         run_id = row.labels.get("run_id", "")
         if not run_id:
@@ -110,10 +114,6 @@ def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]], zone_of: dict[
         for row in latest.get(what, []):
             if row.labels.get("run_id"):
                 batch.runs.setdefault(row.labels["run_id"], {})[field] = row.value
-    for (run_id, instance), _ in batch.seen.items():
-        currency = price_of.get(zone_of.get(instance, ""), ("", 0.0))[0]
-        if currency:
-            batch.runs.setdefault(run_id, {})["currency"] = currency
 
 
 class Syncer:
@@ -196,10 +196,9 @@ class Syncer:
                 self._progressed = time.monotonic()
 
     def window(self, start: float, end: float) -> None:
-        latest = self.source.latest(start, end)
         count = [0]
-        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices,
-                            self.floor)
+        batch = build_batch(start, end, self._raw(start, end, count), self.source.latest(start, end), self.states,
+                            self.zones, self.prices, self.floor)
         try:
             store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None), previous=self.stored)
         except BaseException:
