@@ -159,7 +159,7 @@ def test_a_garbage_answering_server_is_counted_and_retried(tmp_path):
 
 
 def test_chunks_shrink_when_the_server_refuses_too_many_samples(tmp_path):
-    """Prometheus with --query.max-samples=1500 refuses an hour of the scenario at once; the ledger halves
+    """Prometheus with --query.max-samples=400 refuses an hour of the scenario at once; the ledger halves
     its chunk until the answers fit, and the totals stay exact."""
     import shutil as _shutil
 
@@ -176,7 +176,7 @@ def test_chunks_shrink_when_the_server_refuses_too_many_samples(tmp_path):
     with open(tmp_path / "prometheus.log", "w") as log:
         prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tsdb}", f"--web.listen-address=127.0.0.1:{port}",
-                                 "--query.max-samples=1500"], stdout=log, stderr=subprocess.STDOUT)
+                                 "--query.max-samples=400"], stdout=log, stderr=subprocess.STDOUT)
     try:
         eventually(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready")
         ledger = start_ledger(tmp_path, f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path / 'l.db'}",

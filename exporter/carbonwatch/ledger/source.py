@@ -90,12 +90,12 @@ class Source:
         drop = {"__name__", *self.replica_labels}
         for entry in result:
             labels = entry.get("metric") or {}
-            try:
-                samples = [(float(t), float(v)) for t, v in entry["values"]]
+            try:  # one pass: the answer's pairs become floats and those in the window are kept
+                samples = [(ft, fv) for t, v in entry["values"]
+                           if (ft := float(t)) > start and math.isfinite(fv := float(v))]
             except (KeyError, TypeError, ValueError):
                 raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
                                    f"[time, value] pairs for {kind}") from None
-            samples = [(t, v) for t, v in samples if t > start and math.isfinite(v)]
             key = kind + "|" + "|".join([k + "=" + v for k, v in sorted(labels.items()) if k not in drop])
             rank = (-len(samples), ",".join(labels.get(r, "") for r in self.replica_labels))
             if key not in chosen or rank < chosen[key][0]:
@@ -105,27 +105,29 @@ class Source:
         return [s for _, s in chosen.values() if s.samples]
 
     def latest(self, start: float, end: float) -> dict[str, list[Latest]]:
-        """The latest value of each metadata series in (start, end], from one raw query of them all."""
-        names = {name: what for what, name in LATEST.items()}
-        expr = "{__name__=~\"" + "|".join(LATEST.values()) + "\"}[" + duration_ms(end - start) + "]"
-        newest: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, Latest]] = {}
+        """The latest value of each metadata series in (start, end], one raw query per metric (each answer is
+        read and dropped before the next is asked: a fleet's run info is the largest answer of a window)."""
+        out: dict[str, list[Latest]] = {}
+        for what, name in LATEST.items():
+            out[what] = self._latest(what, f"{name}[{duration_ms(end - start)}]", start, end)
+        return out
+
+    def _latest(self, what: str, expr: str, start: float, end: float) -> list[Latest]:
+        newest: dict[tuple[tuple[str, str], ...], tuple[float, Latest]] = {}
         for entry in self.prom.raw(expr, end, EXTRA):
             labels = dict(entry.get("metric") or {})
-            what = names.get(labels.pop("__name__", ""))
+            labels.pop("__name__", None)
             try:
                 t, value = max((float(t), float(v)) for t, v in entry["values"])
             except (KeyError, TypeError, ValueError):
                 raise NetworkError(f"{self.prom.what}: {self.prom.url} answered samples that are not "
                                    "[time, value] pairs for the run and node metadata") from None
-            if what is None or t <= start:
+            if t <= start:
                 continue
-            key = (what, self.identity(labels))
+            key = self.identity(labels)
             if key not in newest or t > newest[key][0]:
                 newest[key] = (t, Latest({k: v for k, v in labels.items() if k not in self.replica_labels}, value))
-        out: dict[str, list[Latest]] = {what: [] for what in LATEST}
-        for (what, _), (_, row) in newest.items():
-            out[what].append(row)
-        return out
+        return [row for _, row in newest.values()]
 
     def oldest(self, now: float, horizon: float = 5 * 365 * 86400.0, precision: float = 3600.0) -> float | None:
         """About when the server's data of the counters begins (never later than it does), from its series

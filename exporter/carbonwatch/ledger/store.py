@@ -139,9 +139,16 @@ def _upsert(conn: Connection, table: Table, keys: list[str], rows: Sequence[Mapp
     """INSERT ... ON CONFLICT (keys) DO UPDATE (the columns in `add` are added to), one executemany. The SQL
     is the same on SQLite and PostgreSQL; it goes to the driver directly (SQLAlchemy's per-row parameter
     processing would be most of a large window's time)."""
+    if rows:
+        cols = list(rows[0])
+        _upsert_tuples(conn, table, keys, cols, [tuple(r[c] for c in cols) for r in rows], add)
+
+
+def _upsert_tuples(conn: Connection, table: Table, keys: list[str], cols: list[str],
+                   rows: list[tuple[object, ...]], add: Iterable[str] = ()) -> None:
+    """`_upsert` of rows given as tuples in the order of `cols` (a large window's rows are never dicts)."""
     if not rows:
         return
-    cols = list(rows[0])
     add = set(add)
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sets = [f'"{c}" = "{table.name}"."{c}" + excluded."{c}"' if c in add else f'"{c}" = excluded."{c}"'
@@ -151,7 +158,7 @@ def _upsert(conn: Connection, table: Table, keys: list[str], rows: Sequence[Mapp
     action = "DO UPDATE SET " + ", ".join(sets) if sets else "DO NOTHING"
     sql = (f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join([mark] * len(cols))}) '
            f"ON CONFLICT ({conflict}) {action}")
-    conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
+    conn.exec_driver_sql(sql, rows)
 
 
 def _zones_prices(conn: Connection, batch: Batch) -> None:
@@ -162,16 +169,13 @@ def _zones_prices(conn: Connection, batch: Batch) -> None:
 
 def _cells(conn: Connection, table: Table, keys: tuple[str, ...], cells: dict[_Key, Cell],
            prices: dict[str, tuple[str, float]]) -> None:
-    rows = []
     zone_at = keys.index("zone")
-    for key, (e, g, ee, eg) in cells.items():
+    values: list[str] = ["energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"]
+    rows: list[tuple[object, ...]] = []
+    for key, cell in cells.items():
         price = prices.get(str(key[zone_at]), ("", 0.0))[1]
-        row: dict[str, object] = dict(zip(keys, key, strict=True))
-        row.update(energy_joules=e, emissions_grams=g, estimated_joules=ee, estimated_grams=eg,
-                   cost=e / JOULES_PER_KWH * price)
-        rows.append(row)
-    _upsert(conn, table, list(keys), rows,
-            add=("energy_joules", "emissions_grams", "estimated_joules", "estimated_grams", "cost"))
+        rows.append(tuple(key) + (cell[0], cell[1], cell[2], cell[3], cell[0] / JOULES_PER_KWH * price))
+    _upsert_tuples(conn, table, list(keys), list(keys) + values, rows, add=values)
 
 
 def _days(cells: dict[_Hourly, Cell], keep: tuple[int, int]) -> dict[DayKey, Cell]:
@@ -180,9 +184,14 @@ def _days(cells: dict[_Hourly, Cell], keep: tuple[int, int]) -> dict[DayKey, Cel
     for key, cell in cells.items():
         hour = key[-1]
         day = (str(key[keep[0]]), str(key[keep[1]]), hour - hour % 86400)
-        day_cell = out.setdefault(day, [0.0, 0.0, 0.0, 0.0])
-        for i in range(4):
-            day_cell[i] += cell[i]
+        held = out.get(day)
+        if held is None:
+            out[day] = list(cell)
+        else:
+            held[0] += cell[0]
+            held[1] += cell[1]
+            held[2] += cell[2]
+            held[3] += cell[3]
     return out
 
 
@@ -200,10 +209,10 @@ def rebuild_days(engine: Engine) -> None:
 
 
 def _series(conn: Connection, rows: dict[str, SeriesRow]) -> None:
-    _upsert(conn, schema.series, ["key"], [
-        {"key": k, "metric": r.kind, "run_id": r.run_id, "instance": r.instance, "component": r.component,
-         "last_value": r.state.last_value, "last_time": r.state.last_time, "first_time": r.state.first_time}
-        for k, r in rows.items()])
+    _upsert_tuples(conn, schema.series, ["key"],
+                   ["key", "metric", "run_id", "instance", "component", "last_value", "last_time", "first_time"],
+                   [(k, r.kind, r.run_id, r.instance, r.component, r.state.last_value, r.state.last_time,
+                     r.state.first_time) for k, r in rows.items()])
 
 
 def _existing_runs(conn: Connection, ids: list[str]) -> dict[str, dict[str, object]]:

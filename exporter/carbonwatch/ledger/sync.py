@@ -9,7 +9,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -18,6 +18,7 @@ from carbonwatch.errors import CarbonwatchError, ConfigError
 from carbonwatch.ledger import store
 from carbonwatch.ledger.accumulate import MIN_GAP, accumulate
 from carbonwatch.ledger.source import COUNTERS, Latest, RawSeries, Source
+from carbonwatch.ledger.states import SeriesStates
 from carbonwatch.ledger.store import Batch, Hook, SeriesRow
 
 log = logging.getLogger("carbonwatch.ledger")
@@ -40,7 +41,7 @@ class Health:
 
 
 def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict[str, list[Latest]],
-                states: dict[str, SeriesRow], zones: dict[str, str],
+                states: Mapping[str, SeriesRow], zones: dict[str, str],
                 prices: dict[str, tuple[str, float]], floor: float = MIN_GAP) -> Batch:
     """What the window (start, end] adds, from its raw counter samples and latest metadata (pure). `raw` may
     be a generator: each counter's answer is dropped once accumulated."""
@@ -54,9 +55,14 @@ def build_batch(start: float, end: float, raw: Iterable[RawSeries], latest: dict
     zone_of = {**zones, **batch.zones}
     price_of = {**prices, **batch.prices}
     batch.prices = price_of  # the cells are priced with every price known
+    _runs_metadata(batch, latest)
+    del latest  # a caller that passed its answer on frees it before the counters are read
     for series in raw:
         _add_series(batch, series, states.get(series.key), zone_of.get(series.instance, ""))
-    _runs_metadata(batch, latest, zone_of, price_of)
+    for (run_id, instance), _ in batch.seen.items():
+        currency = price_of.get(zone_of.get(instance, ""), ("", 0.0))[0]
+        if currency:
+            batch.runs.setdefault(run_id, {})["currency"] = currency
     return batch
 
 
@@ -90,8 +96,7 @@ def _add_series(batch: Batch, series: RawSeries, held: SeriesRow | None, zone: s
             min(t0, first), max(t1, acc.state.last_time), p if p is not None else prev)
 
 
-def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]], zone_of: dict[str, str],
-                   price_of: dict[str, tuple[str, float]]) -> None:
+def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]]) -> None:
     for row in latest.get("run_info", []):
         run_id = row.labels.get("run_id", "")
         if not run_id:
@@ -109,10 +114,6 @@ def _runs_metadata(batch: Batch, latest: dict[str, list[Latest]], zone_of: dict[
         for row in latest.get(what, []):
             if row.labels.get("run_id"):
                 batch.runs.setdefault(row.labels["run_id"], {})[field] = row.value
-    for (run_id, instance), _ in batch.seen.items():
-        currency = price_of.get(zone_of.get(instance, ""), ("", 0.0))[0]
-        if currency:
-            batch.runs.setdefault(run_id, {})["currency"] = currency
 
 
 class Syncer:
@@ -130,7 +131,7 @@ class Syncer:
         self._progressed = time.monotonic()
         self.stored = store.load_cursor(engine)  # the cursor as the database holds it
         self.health = Health(cursor=self.stored, ready=True)
-        self.states = store.load_states(engine)
+        self.states = SeriesStates(store.load_states(engine))
         self.zones = store.load_zones(engine)
         self.prices = store.load_prices(engine)
         self.rate = 0.0  # raw samples per second of data seen in the last chunk
@@ -160,7 +161,7 @@ class Syncer:
             return False
         except Exception as exc:  # a database error: the transaction rolled back; the states are reloaded
             self._failed(f"{type(exc).__name__}: {exc}")
-            self.states = store.load_states(self.engine)
+            self.states = SeriesStates(store.load_states(self.engine))
             return False
         self.health.duration = time.monotonic() - began
         self.health.last_sync = self.clock()
@@ -195,14 +196,13 @@ class Syncer:
                 self._progressed = time.monotonic()
 
     def window(self, start: float, end: float) -> None:
-        latest = self.source.latest(start, end)
         count = [0]
-        batch = build_batch(start, end, self._raw(start, end, count), latest, self.states, self.zones, self.prices,
-                            self.floor)
+        batch = build_batch(start, end, self._raw(start, end, count), self.source.latest(start, end), self.states,
+                            self.zones, self.prices, self.floor)
         try:
             store.commit(self.engine, batch, self.clock(), self.hook or (lambda _: None), previous=self.stored)
         except BaseException:
-            self.states = store.load_states(self.engine)
+            self.states = SeriesStates(store.load_states(self.engine))
             self.stored = store.load_cursor(self.engine)
             if self.stored is not None:
                 self.health.cursor = self.stored
