@@ -109,20 +109,25 @@ def stop(proc: subprocess.Popen[Any]) -> None:
         proc.wait()
 
 
+def fleet_prometheus(tmp: Path, server: ThreadingHTTPServer) -> tuple[subprocess.Popen[Any], str]:
+    """A real Prometheus in `tmp` scraping the fleet endpoint every 15 s, and its URL."""
+    port = free_port()
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 15s, scrape_timeout: 10s}\nscrape_configs:\n- job_name: fleet\n"
+        f"  honor_labels: true\n  static_configs: [{{targets: ['127.0.0.1:{server.server_address[1]}']}}]\n")
+    with (tmp / "prometheus.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+        prom = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    return prom, f"http://127.0.0.1:{port}"
+
+
 def sync_cost(nodes: int, runs: int, cycles: int) -> dict[str, Any]:
     fleet = Fleet(nodes, runs)
     server = serve_fleet(fleet)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        port = free_port()
-        (tmp / "prometheus.yml").write_text(
-            "global: {scrape_interval: 15s, scrape_timeout: 10s}\nscrape_configs:\n- job_name: fleet\n"
-            f"  honor_labels: true\n  static_configs: [{{targets: ['127.0.0.1:{server.server_address[1]}']}}]\n")
-        log = (tmp / "prometheus.log").open("wb")
-        prom = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
+        prom, base = fleet_prometheus(tmp, server)
         ledger = None
         try:
             want = runs * 3
@@ -160,7 +165,6 @@ def sync_cost(nodes: int, runs: int, cycles: int) -> dict[str, Any]:
             stop(prom)
             server.shutdown()
             server.server_close()
-            log.close()
 
 
 def month_database(url: str, nodes: int, runs: int, seed: int = 1) -> tuple[float, float]:

@@ -13,7 +13,6 @@ import argparse
 import cProfile
 import pstats
 import resource
-import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -21,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.ledger_cost import serve_fleet, stop
-from bench.rules_cost import Fleet, free_port, query
+from bench.ledger_cost import fleet_prometheus, serve_fleet, stop
+from bench.rules_cost import Fleet, query
 from carbonwatch.ledger import db, store, sync
 from carbonwatch.ledger.source import Source
 from carbonwatch.ledger.sync import Syncer
@@ -60,15 +59,7 @@ def main() -> int:
     server = serve_fleet(fleet)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        port = free_port()
-        (tmp / "prometheus.yml").write_text(
-            "global: {scrape_interval: 15s, scrape_timeout: 10s}\nscrape_configs:\n- job_name: fleet\n"
-            f"  honor_labels: true\n  static_configs: [{{targets: ['127.0.0.1:{server.server_address[1]}']}}]\n")
-        log = (tmp / "prometheus.log").open("wb")
-        prom = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
+        prom, base = fleet_prometheus(tmp, server)
         try:
             while True:
                 time.sleep(5)
@@ -112,7 +103,6 @@ def main() -> int:
             stop(prom)
             server.shutdown()
             server.server_close()
-            log.close()
     return 0
 
 

@@ -140,3 +140,16 @@ def config_error_cases(kind: str) -> list[tuple[Path, str]]:
         assert first.startswith("# expect: "), f
         cases.append((f, first[len("# expect: "):]))
     return cases
+
+
+def run_cli(capsys: Any, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """`carbonwatch ARGV...` in this process, as the console script runs it: (exit status, stdout, stderr)."""
+    from carbonwatch import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main(list(argv))
+    except SystemExit as exc:
+        rc = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(argv), rc, out, err)

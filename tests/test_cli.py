@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from carbonwatch import cli
+from tests.support import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -21,13 +22,7 @@ def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.Complete
     """`carbonwatch ARGS...` in this process, as the console script runs it: (exit status, stdout, stderr)."""
 
     def call(*argv: str) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        try:
-            rc = cli.main(list(argv))
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(argv), rc, out, err)
+        return run_cli(capsys, argv)
 
     return call
 

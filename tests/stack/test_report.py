@@ -19,7 +19,7 @@ from carbonwatch.promql import Prometheus
 from carbonwatch.stack.figures import fmt_duration, fmt_energy, fmt_grams
 from carbonwatch.stack.report import collect, render_table
 from tests import support
-from tests.support import free_port
+from tests.support import free_port, run_cli
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="prometheus/promtool not installed"
@@ -380,7 +380,6 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def cw(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
     """`carbonwatch ARGS...` run in this process (what the console script runs), with `env` added to a
     environment without CARBONWATCH_PROMETHEUS and CARBONWATCH_LEDGER: (exit status, stdout, stderr)."""
-    from carbonwatch import cli
 
     def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         with monkeypatch.context() as m:
@@ -388,13 +387,7 @@ def cw(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> C
                 m.delenv(name, raising=False)
             for name, value in (env or {}).items():
                 m.setenv(name, value)
-            capsys.readouterr()
-            try:
-                rc = cli.main(list(argv))
-            except SystemExit as exc:
-                rc = int(exc.code or 0)
-            out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(argv), rc, out, err)
+            return run_cli(capsys, argv)
 
     return run
 
